@@ -1,4 +1,16 @@
 //! Client side of the tvix-store gRPC protocol: addresses, verification of
 //! everything the store sends, and the calls the filesystem needs.
 
+pub mod address;
+pub mod client;
+pub mod digest;
+pub mod directory;
 pub mod nixbase32;
+pub mod protocol;
+pub mod store_path;
+
+pub use address::StoreAddress;
+pub use client::{Chunk, StoreClient, StoreConfig, StoreError};
+pub use digest::B3Digest;
+pub use directory::{DirEntry, Directory, Node};
+pub use protocol::StoreProtocol;

@@ -1,0 +1,370 @@
+//! The gRPC client of the three store services. Every answer is verified
+//! before it leaves this module: Directories against their digest and the
+//! castore rules, blob bytes against their BLAKE3 digest and size, PathInfo
+//! nodes against the name that was looked up.
+
+use std::future::Future;
+use std::io;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tonic::transport::Channel;
+use tonic::Code;
+
+use super::address::{AddressError, StoreAddress};
+use super::digest::B3Digest;
+use super::directory::{validate_directory, validate_node, DirEntry, Directory, ValidationError};
+use super::protocol::{PackagePrefix, StoreProtocol};
+use crate::proto::castore::blob_service_client::BlobServiceClient;
+use crate::proto::castore::directory_service_client::DirectoryServiceClient;
+use crate::proto::castore::{get_directory_request, GetDirectoryRequest, ReadBlobRequest, StatBlobRequest};
+use crate::proto::store::path_info_service_client::PathInfoServiceClient;
+use crate::proto::store::{get_path_info_request, GetPathInfoRequest, ListPathInfoRequest};
+
+/// Largest message accepted from the store (a Directory with ~100k entries).
+const MAX_MESSAGE_SIZE: usize = 16 << 20;
+
+/// The transport every client uses: a channel under tvix or snix names.
+type Transport = PackagePrefix<Channel>;
+
+/// Errors from talking to the store. Each names the call and the digest or
+/// store path, so a log line says what could not be served and why.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{call} {subject}: store answered {}: {}", .status.code(), .status.message())]
+    Rpc {
+        call: &'static str,
+        subject: String,
+        status: tonic::Status,
+    },
+    #[error("{call} {subject}: no answer within {timeout:?} (is the store up?)")]
+    Timeout {
+        call: &'static str,
+        subject: String,
+        timeout: Duration,
+    },
+    #[error("directory {digest}: not found in the store")]
+    DirectoryNotFound { digest: B3Digest },
+    #[error("directory {digest}: rejected: {source}")]
+    InvalidDirectory {
+        digest: B3Digest,
+        source: ValidationError,
+    },
+    #[error("blob {digest}: not found in the store")]
+    BlobNotFound { digest: B3Digest },
+    #[error("blob {digest}: rejected: content hashes to {actual}")]
+    BlobDigestMismatch { digest: B3Digest, actual: B3Digest },
+    #[error("blob {digest}: rejected: store sent {actual} bytes or more, expected {expected}")]
+    BlobSizeMismatch {
+        digest: B3Digest,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("blob {digest}: rejected chunk list: {reason}")]
+    InvalidChunkList { digest: B3Digest, reason: String },
+    #[error("path info {name}: rejected: {reason}")]
+    InvalidPathInfo { name: String, reason: String },
+    #[error("blob {digest}: storing fetched data: {source}")]
+    Sink { digest: B3Digest, source: io::Error },
+}
+
+impl StoreError {
+    /// Whether this error means the store holds bad data (as opposed to
+    /// being unreachable or slow).
+    pub fn is_corruption(&self) -> bool {
+        matches!(
+            self,
+            Self::InvalidDirectory { .. }
+                | Self::BlobDigestMismatch { .. }
+                | Self::BlobSizeMismatch { .. }
+                | Self::InvalidChunkList { .. }
+                | Self::InvalidPathInfo { .. }
+        )
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Where each service lives, how it is named, how long we wait.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    pub blob_service: StoreAddress,
+    pub directory_service: StoreAddress,
+    pub path_info_service: StoreAddress,
+    pub protocol: StoreProtocol,
+    /// Bound on connecting, on each answer and on each streamed message.
+    pub timeout: Duration,
+}
+
+/// One piece of a blob as listed by BlobService.Stat, with its offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Chunk {
+    pub digest: B3Digest,
+    pub offset: u64,
+    pub size: u64,
+}
+
+/// A client of the store's BlobService, DirectoryService and PathInfoService.
+#[derive(Clone)]
+pub struct StoreClient {
+    blobs: BlobServiceClient<Transport>,
+    directories: DirectoryServiceClient<Transport>,
+    path_infos: PathInfoServiceClient<Transport>,
+    timeout: Duration,
+}
+
+impl StoreClient {
+    /// Builds the clients. Connections are made lazily, on the first call,
+    /// and remade after failures. Must be called inside a tokio runtime.
+    pub fn new(config: &StoreConfig) -> Result<Self, AddressError> {
+        let transport = |addr: &StoreAddress| -> Result<Transport, AddressError> {
+            Ok(PackagePrefix::new(addr.channel(config.timeout)?, config.protocol))
+        };
+        Ok(Self {
+            blobs: BlobServiceClient::new(transport(&config.blob_service)?)
+                .max_decoding_message_size(MAX_MESSAGE_SIZE),
+            directories: DirectoryServiceClient::new(transport(&config.directory_service)?)
+                .max_decoding_message_size(MAX_MESSAGE_SIZE),
+            path_infos: PathInfoServiceClient::new(transport(&config.path_info_service)?)
+                .max_decoding_message_size(MAX_MESSAGE_SIZE),
+            timeout: config.timeout,
+        })
+    }
+
+    /// Awaits `fut` for at most the configured timeout.
+    async fn bounded<T>(
+        &self,
+        call: &'static str,
+        subject: &dyn std::fmt::Display,
+        fut: impl Future<Output = Result<T, tonic::Status>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(status)) => Err(StoreError::Rpc {
+                call,
+                subject: subject.to_string(),
+                status,
+            }),
+            Err(_) => Err(StoreError::Timeout {
+                call,
+                subject: subject.to_string(),
+                timeout: self.timeout,
+            }),
+        }
+    }
+
+    /// Looks up a store path by its 20-byte output hash. `name` is the full
+    /// basename that was asked for; a PathInfo whose node carries another
+    /// name counts as not found. `Ok(None)` when the store does not know it.
+    pub async fn path_info(&self, hash: [u8; 20], name: &[u8]) -> Result<Option<DirEntry>> {
+        let shown = String::from_utf8_lossy(name);
+        let mut client = self.path_infos.clone();
+        let request = GetPathInfoRequest {
+            by_what: Some(get_path_info_request::ByWhat::ByOutputHash(Bytes::copy_from_slice(&hash))),
+        };
+        let answer = self.bounded("PathInfoService.Get", &shown, client.get(request)).await;
+        let info = match answer {
+            Ok(response) => response.into_inner(),
+            Err(StoreError::Rpc { status, .. }) if status.code() == Code::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let invalid = |reason: String| StoreError::InvalidPathInfo {
+            name: shown.to_string(),
+            reason,
+        };
+        let node = info.node.ok_or_else(|| invalid("no node".into()))?;
+        let entry = validate_node(&node).map_err(|e| invalid(e.to_string()))?;
+        if entry.name != name {
+            tracing::warn!(
+                asked = %shown,
+                got = %String::from_utf8_lossy(&entry.name),
+                "store answered with a path info of another name; treating as not found"
+            );
+            return Ok(None);
+        }
+        Ok(Some(entry))
+    }
+
+    /// Lists every store path (PathInfoService.List), up to `limit` entries.
+    /// Entries that fail validation are skipped with a warning.
+    pub async fn list_path_infos(&self, limit: usize) -> Result<Vec<DirEntry>> {
+        let mut client = self.path_infos.clone();
+        let subject = "(all)";
+        let mut stream = self
+            .bounded("PathInfoService.List", &subject, client.list(ListPathInfoRequest {}))
+            .await?
+            .into_inner();
+        let mut entries = Vec::new();
+        while let Some(info) = self
+            .bounded("PathInfoService.List", &subject, stream.message())
+            .await?
+        {
+            let entry = info
+                .node
+                .as_ref()
+                .ok_or(ValidationError::EmptyNode)
+                .and_then(validate_node);
+            match entry {
+                Ok(e) if super::store_path::parse(&e.name).is_some() => entries.push(e),
+                Ok(e) => tracing::warn!(name = %String::from_utf8_lossy(&e.name), "listed path is not a store path name; skipped"),
+                Err(e) => tracing::warn!(error = %e, "listed path info rejected; skipped"),
+            }
+            if entries.len() >= limit {
+                tracing::warn!(limit, "store lists more paths than the root listing holds; truncated");
+                break;
+            }
+        }
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        entries.dedup_by(|a, b| a.name == b.name);
+        Ok(entries)
+    }
+
+    /// Fetches one Directory and validates it against `digest` and, when the
+    /// parent node gave one, its `expected_size`.
+    pub async fn directory(&self, digest: &B3Digest, expected_size: Option<u64>) -> Result<Directory> {
+        let mut client = self.directories.clone();
+        let request = GetDirectoryRequest {
+            by_what: Some(get_directory_request::ByWhat::Digest(Bytes::copy_from_slice(
+                digest.as_bytes(),
+            ))),
+            recursive: false,
+        };
+        let call = "DirectoryService.Get";
+        let mut stream = match self.bounded(call, digest, client.get(request)).await {
+            Ok(r) => r.into_inner(),
+            Err(StoreError::Rpc { status, .. }) if status.code() == Code::NotFound => {
+                return Err(StoreError::DirectoryNotFound { digest: *digest })
+            }
+            Err(e) => return Err(e),
+        };
+        let first = match self.bounded(call, digest, stream.message()).await {
+            Ok(Some(d)) => d,
+            Ok(None) => return Err(StoreError::DirectoryNotFound { digest: *digest }),
+            Err(StoreError::Rpc { status, .. }) if status.code() == Code::NotFound => {
+                return Err(StoreError::DirectoryNotFound { digest: *digest })
+            }
+            Err(e) => return Err(e),
+        };
+        validate_directory(&first, digest, expected_size).map_err(|source| StoreError::InvalidDirectory {
+            digest: *digest,
+            source,
+        })
+    }
+
+    /// The chunks of a blob of `size` bytes, or an empty list when the store
+    /// has no finer chunking. The list must add up to exactly `size`.
+    pub async fn blob_chunks(&self, digest: &B3Digest, size: u64) -> Result<Vec<Chunk>> {
+        let mut client = self.blobs.clone();
+        let request = StatBlobRequest {
+            digest: Bytes::copy_from_slice(digest.as_bytes()),
+            send_chunks: true,
+            send_bao: false,
+        };
+        let answer = match self.bounded("BlobService.Stat", digest, client.stat(request)).await {
+            Ok(r) => r.into_inner(),
+            Err(StoreError::Rpc { status, .. }) if status.code() == Code::NotFound => {
+                return Err(StoreError::BlobNotFound { digest: *digest })
+            }
+            Err(e) => return Err(e),
+        };
+        if answer.chunks.len() <= 1 {
+            return Ok(Vec::new());
+        }
+        let invalid = |reason: String| StoreError::InvalidChunkList {
+            digest: *digest,
+            reason,
+        };
+        let mut offset = 0u64;
+        let mut chunks = Vec::with_capacity(answer.chunks.len());
+        for (i, meta) in answer.chunks.iter().enumerate() {
+            let chunk_digest = B3Digest::try_from(meta.digest.as_ref())
+                .map_err(|e| invalid(format!("chunk {i}: {e}")))?;
+            if meta.size == 0 {
+                return Err(invalid(format!("chunk {i} is empty")));
+            }
+            chunks.push(Chunk {
+                digest: chunk_digest,
+                offset,
+                size: meta.size,
+            });
+            offset = offset
+                .checked_add(meta.size)
+                .ok_or_else(|| invalid("chunk sizes overflow".into()))?;
+        }
+        if offset != size {
+            return Err(invalid(format!("chunks add up to {offset} bytes, the file has {size}")));
+        }
+        Ok(chunks)
+    }
+
+    /// Streams the blob `digest` of `size` bytes into `sink`, hashing as it
+    /// goes. The data handed to `sink` is not yet verified: only an `Ok`
+    /// return means all of it matched the digest and the size. A store that
+    /// sends more than `size` bytes is cut off at once.
+    pub async fn read_blob(
+        &self,
+        digest: &B3Digest,
+        size: u64,
+        mut sink: impl FnMut(&[u8]) -> io::Result<()>,
+    ) -> Result<()> {
+        let mut client = self.blobs.clone();
+        let call = "BlobService.Read";
+        let request = ReadBlobRequest {
+            digest: Bytes::copy_from_slice(digest.as_bytes()),
+        };
+        let not_found = |e: StoreError| match e {
+            StoreError::Rpc { status, .. } if status.code() == Code::NotFound => {
+                StoreError::BlobNotFound { digest: *digest }
+            }
+            e => e,
+        };
+        let mut stream = self
+            .bounded(call, digest, client.read(request))
+            .await
+            .map_err(not_found)?
+            .into_inner();
+        let mut hasher = blake3::Hasher::new();
+        let mut received = 0u64;
+        while let Some(piece) = self.bounded(call, digest, stream.message()).await.map_err(not_found)? {
+            received += piece.data.len() as u64;
+            if received > size {
+                return Err(StoreError::BlobSizeMismatch {
+                    digest: *digest,
+                    expected: size,
+                    actual: received,
+                });
+            }
+            hasher.update(&piece.data);
+            sink(&piece.data).map_err(|source| StoreError::Sink {
+                digest: *digest,
+                source,
+            })?;
+        }
+        if received != size {
+            return Err(StoreError::BlobSizeMismatch {
+                digest: *digest,
+                expected: size,
+                actual: received,
+            });
+        }
+        let actual = B3Digest::from(hasher.finalize());
+        if actual != *digest {
+            return Err(StoreError::BlobDigestMismatch {
+                digest: *digest,
+                actual,
+            });
+        }
+        Ok(())
+    }
+
+    /// Fetches a small blob (or chunk) of `size` bytes into memory, verified.
+    pub async fn read_blob_to_memory(&self, digest: &B3Digest, size: u64) -> Result<Bytes> {
+        let mut buffer = BytesMut::with_capacity(usize::try_from(size).unwrap_or(0));
+        self.read_blob(digest, size, |piece| {
+            buffer.extend_from_slice(piece);
+            Ok(())
+        })
+        .await?;
+        Ok(buffer.freeze())
+    }
+}
