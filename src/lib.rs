@@ -1,5 +1,9 @@
 //! tvix-virtiofsd: a read-only virtio-fs daemon serving a Nix store from a
 //! remote tvix-store.
 
+pub mod config;
+pub mod fs;
+pub mod fuse;
 pub mod proto;
 pub mod store;
+pub mod vhost_user;

@@ -16,7 +16,9 @@ pub enum StoreAddress {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AddressError {
-    #[error("unsupported store address {0:?}: use grpc+unix:///abs/path.sock or grpc+http://host:port")]
+    #[error(
+        "unsupported store address {0:?}: use grpc+unix:///abs/path.sock or grpc+http://host:port"
+    )]
     UnsupportedScheme(String),
     #[error("store address {0:?}: the unix socket path must be absolute")]
     RelativeSocketPath(String),
@@ -35,9 +37,9 @@ impl std::str::FromStr for StoreAddress {
             Ok(Self::Unix(PathBuf::from(path)))
         } else if let Some(rest) = s.strip_prefix("grpc+http://") {
             let uri = format!("http://{rest}");
-            let parsed: Uri = uri
-                .parse()
-                .map_err(|e: http::uri::InvalidUri| AddressError::InvalidUri(s.to_owned(), e.to_string()))?;
+            let parsed: Uri = uri.parse().map_err(|e: http::uri::InvalidUri| {
+                AddressError::InvalidUri(s.to_owned(), e.to_string())
+            })?;
             if parsed.host().is_none() {
                 return Err(AddressError::InvalidUri(s.to_owned(), "no host".into()));
             }
@@ -98,11 +100,15 @@ mod tests {
     #[test]
     fn parses_supported_addresses() {
         assert_eq!(
-            "grpc+unix:///run/store.sock".parse::<StoreAddress>().unwrap(),
+            "grpc+unix:///run/store.sock"
+                .parse::<StoreAddress>()
+                .unwrap(),
             StoreAddress::Unix("/run/store.sock".into())
         );
         assert_eq!(
-            "grpc+http://127.0.0.1:8000".parse::<StoreAddress>().unwrap(),
+            "grpc+http://127.0.0.1:8000"
+                .parse::<StoreAddress>()
+                .unwrap(),
             StoreAddress::Http("http://127.0.0.1:8000".into())
         );
     }

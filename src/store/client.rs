@@ -17,7 +17,9 @@ use super::directory::{validate_directory, validate_node, DirEntry, Directory, V
 use super::protocol::{PackagePrefix, StoreProtocol};
 use crate::proto::castore::blob_service_client::BlobServiceClient;
 use crate::proto::castore::directory_service_client::DirectoryServiceClient;
-use crate::proto::castore::{get_directory_request, GetDirectoryRequest, ReadBlobRequest, StatBlobRequest};
+use crate::proto::castore::{
+    get_directory_request, GetDirectoryRequest, ReadBlobRequest, StatBlobRequest,
+};
 use crate::proto::store::path_info_service_client::PathInfoServiceClient;
 use crate::proto::store::{get_path_info_request, GetPathInfoRequest, ListPathInfoRequest};
 
@@ -118,7 +120,10 @@ impl StoreClient {
     /// and remade after failures. Must be called inside a tokio runtime.
     pub fn new(config: &StoreConfig) -> Result<Self, AddressError> {
         let transport = |addr: &StoreAddress| -> Result<Transport, AddressError> {
-            Ok(PackagePrefix::new(addr.channel(config.timeout)?, config.protocol))
+            Ok(PackagePrefix::new(
+                addr.channel(config.timeout)?,
+                config.protocol,
+            ))
         };
         Ok(Self {
             blobs: BlobServiceClient::new(transport(&config.blob_service)?)
@@ -160,12 +165,18 @@ impl StoreClient {
         let shown = String::from_utf8_lossy(name);
         let mut client = self.path_infos.clone();
         let request = GetPathInfoRequest {
-            by_what: Some(get_path_info_request::ByWhat::ByOutputHash(Bytes::copy_from_slice(&hash))),
+            by_what: Some(get_path_info_request::ByWhat::ByOutputHash(
+                Bytes::copy_from_slice(&hash),
+            )),
         };
-        let answer = self.bounded("PathInfoService.Get", &shown, client.get(request)).await;
+        let answer = self
+            .bounded("PathInfoService.Get", &shown, client.get(request))
+            .await;
         let info = match answer {
             Ok(response) => response.into_inner(),
-            Err(StoreError::Rpc { status, .. }) if status.code() == Code::NotFound => return Ok(None),
+            Err(StoreError::Rpc { status, .. }) if status.code() == Code::NotFound => {
+                return Ok(None)
+            }
             Err(e) => return Err(e),
         };
         let invalid = |reason: String| StoreError::InvalidPathInfo {
@@ -191,7 +202,11 @@ impl StoreClient {
         let mut client = self.path_infos.clone();
         let subject = "(all)";
         let mut stream = self
-            .bounded("PathInfoService.List", &subject, client.list(ListPathInfoRequest {}))
+            .bounded(
+                "PathInfoService.List",
+                &subject,
+                client.list(ListPathInfoRequest {}),
+            )
             .await?
             .into_inner();
         let mut entries = Vec::new();
@@ -206,11 +221,16 @@ impl StoreClient {
                 .and_then(validate_node);
             match entry {
                 Ok(e) if super::store_path::parse(&e.name).is_some() => entries.push(e),
-                Ok(e) => tracing::warn!(name = %String::from_utf8_lossy(&e.name), "listed path is not a store path name; skipped"),
+                Ok(e) => {
+                    tracing::warn!(name = %String::from_utf8_lossy(&e.name), "listed path is not a store path name; skipped")
+                }
                 Err(e) => tracing::warn!(error = %e, "listed path info rejected; skipped"),
             }
             if entries.len() >= limit {
-                tracing::warn!(limit, "store lists more paths than the root listing holds; truncated");
+                tracing::warn!(
+                    limit,
+                    "store lists more paths than the root listing holds; truncated"
+                );
                 break;
             }
         }
@@ -221,12 +241,16 @@ impl StoreClient {
 
     /// Fetches one Directory and validates it against `digest` and, when the
     /// parent node gave one, its `expected_size`.
-    pub async fn directory(&self, digest: &B3Digest, expected_size: Option<u64>) -> Result<Directory> {
+    pub async fn directory(
+        &self,
+        digest: &B3Digest,
+        expected_size: Option<u64>,
+    ) -> Result<Directory> {
         let mut client = self.directories.clone();
         let request = GetDirectoryRequest {
-            by_what: Some(get_directory_request::ByWhat::Digest(Bytes::copy_from_slice(
-                digest.as_bytes(),
-            ))),
+            by_what: Some(get_directory_request::ByWhat::Digest(
+                Bytes::copy_from_slice(digest.as_bytes()),
+            )),
             recursive: false,
         };
         let call = "DirectoryService.Get";
@@ -245,9 +269,11 @@ impl StoreClient {
             }
             Err(e) => return Err(e),
         };
-        validate_directory(&first, digest, expected_size).map_err(|source| StoreError::InvalidDirectory {
-            digest: *digest,
-            source,
+        validate_directory(&first, digest, expected_size).map_err(|source| {
+            StoreError::InvalidDirectory {
+                digest: *digest,
+                source,
+            }
         })
     }
 
@@ -260,7 +286,10 @@ impl StoreClient {
             send_chunks: true,
             send_bao: false,
         };
-        let answer = match self.bounded("BlobService.Stat", digest, client.stat(request)).await {
+        let answer = match self
+            .bounded("BlobService.Stat", digest, client.stat(request))
+            .await
+        {
             Ok(r) => r.into_inner(),
             Err(StoreError::Rpc { status, .. }) if status.code() == Code::NotFound => {
                 return Err(StoreError::BlobNotFound { digest: *digest })
@@ -292,7 +321,9 @@ impl StoreClient {
                 .ok_or_else(|| invalid("chunk sizes overflow".into()))?;
         }
         if offset != size {
-            return Err(invalid(format!("chunks add up to {offset} bytes, the file has {size}")));
+            return Err(invalid(format!(
+                "chunks add up to {offset} bytes, the file has {size}"
+            )));
         }
         Ok(chunks)
     }
@@ -325,7 +356,11 @@ impl StoreClient {
             .into_inner();
         let mut hasher = blake3::Hasher::new();
         let mut received = 0u64;
-        while let Some(piece) = self.bounded(call, digest, stream.message()).await.map_err(not_found)? {
+        while let Some(piece) = self
+            .bounded(call, digest, stream.message())
+            .await
+            .map_err(not_found)?
+        {
             received += piece.data.len() as u64;
             if received > size {
                 return Err(StoreError::BlobSizeMismatch {

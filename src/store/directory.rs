@@ -11,13 +11,18 @@ use crate::proto::castore;
 /// One node of the tree: what a name in a Directory (or a store path) is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Node {
-    Directory { digest: B3Digest, size: u64 },
+    Directory {
+        digest: B3Digest,
+        size: u64,
+    },
     File {
         digest: B3Digest,
         size: u64,
         executable: bool,
     },
-    Symlink { target: Bytes },
+    Symlink {
+        target: Bytes,
+    },
 }
 
 /// A named node inside a Directory.
@@ -187,7 +192,8 @@ pub fn validate_directory(
         }
     }
 
-    let mut entries = Vec::with_capacity(dir.directories.len() + dir.files.len() + dir.symlinks.len());
+    let mut entries =
+        Vec::with_capacity(dir.directories.len() + dir.files.len() + dir.symlinks.len());
     check_sorted(dir.directories.iter().map(|d| &d.name))?;
     for d in &dir.directories {
         entries.push(DirEntry {
@@ -329,7 +335,10 @@ mod tests {
         assert_eq!(names, [&b".keep"[..], b"aa", b"keep"]);
         assert_eq!(v.size, 4);
         assert_eq!(v.subdirectory_count(), 1);
-        assert!(matches!(v.entry(b"keep").unwrap().node, Node::Directory { size: 1, .. }));
+        assert!(matches!(
+            v.entry(b"keep").unwrap().node,
+            Node::Directory { size: 1, .. }
+        ));
         assert!(v.entry(b"nope").is_none());
     }
 
@@ -410,7 +419,10 @@ mod tests {
             files: vec![f],
             ..Default::default()
         };
-        assert!(matches!(check(d), Err(ValidationError::InvalidDigest { .. })));
+        assert!(matches!(
+            check(d),
+            Err(ValidationError::InvalidDigest { .. })
+        ));
     }
 
     #[test]
@@ -420,7 +432,10 @@ mod tests {
                 symlinks: vec![symlink("l", bad)],
                 ..Default::default()
             };
-            assert!(matches!(check(d), Err(ValidationError::InvalidSymlinkTarget(..))));
+            assert!(matches!(
+                check(d),
+                Err(ValidationError::InvalidSymlinkTarget(..))
+            ));
         }
     }
 
@@ -450,6 +465,9 @@ mod tests {
         let bad = castore::Node {
             node: Some(castore::node::Node::File(file(".."))),
         };
-        assert!(matches!(validate_node(&bad), Err(ValidationError::InvalidName(..))));
+        assert!(matches!(
+            validate_node(&bad),
+            Err(ValidationError::InvalidName(..))
+        ));
     }
 }

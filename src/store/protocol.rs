@@ -29,7 +29,8 @@ impl<S> PackagePrefix<S> {
 
 /// The path of `uri` with its leading `/tvix.` replaced by `/snix.`, if any.
 fn snix_path(path: &str) -> Option<String> {
-    path.strip_prefix("/tvix.").map(|rest| format!("/snix.{rest}"))
+    path.strip_prefix("/tvix.")
+        .map(|rest| format!("/snix.{rest}"))
 }
 
 impl<S, B> tower::Service<http::Request<B>> for PackagePrefix<S>

@@ -34,7 +34,8 @@ mod tests {
 
     #[test]
     fn parses_valid_basenames() {
-        let hash = parse(b"00bgd045z0d4icpbc2yyz4gx48ak44la-net-tools-1.60_p20170221182432").unwrap();
+        let hash =
+            parse(b"00bgd045z0d4icpbc2yyz4gx48ak44la-net-tools-1.60_p20170221182432").unwrap();
         assert_eq!(
             data_encoding::HEXLOWER.encode(&hash),
             "8a12321522fd91efbd60ebb2481af88580f61600"

@@ -1,0 +1,216 @@
+//! Command line of the daemon. Flag names follow virtiofsd where the
+//! meaning is the same (`--socket-path`, `--fd`, `--thread-pool-size`,
+//! `--log-level`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgGroup, Parser};
+
+use crate::fs::FsConfig;
+use crate::store::{StoreAddress, StoreConfig, StoreProtocol};
+use crate::vhost_user::DeviceConfig;
+
+/// Serve a read-only Nix store from a remote tvix-store to a VM over
+/// vhost-user (virtio-fs), or on a host mount point through FUSE.
+#[derive(Debug, Parser)]
+#[command(name = "tvix-virtiofsd", version)]
+#[command(group(ArgGroup::new("serve").required(true).args(["socket_path", "fd", "mount", "print_capabilities"])))]
+pub struct Cli {
+    /// vhost-user socket to listen on for the VMM.
+    #[arg(long, value_name = "PATH")]
+    pub socket_path: Option<PathBuf>,
+
+    /// Listening vhost-user socket inherited from the parent (e.g. systemd).
+    #[arg(long, value_name = "N")]
+    pub fd: Option<i32>,
+
+    /// Mount the filesystem here through /dev/fuse instead of serving a VMM.
+    #[arg(long, value_name = "DIR")]
+    pub mount: Option<PathBuf>,
+
+    /// Print the vhost-user backend capabilities (JSON) and exit.
+    #[arg(long)]
+    pub print_capabilities: bool,
+
+    /// Address of the store for all three services:
+    /// grpc+unix:///abs/path.sock or grpc+http://host:port.
+    #[arg(
+        long,
+        value_name = "URL",
+        required_unless_present = "print_capabilities"
+    )]
+    pub store: Option<StoreAddress>,
+
+    /// BlobService address, if not the one of --store.
+    #[arg(long, value_name = "URL")]
+    pub blob_service_addr: Option<StoreAddress>,
+
+    /// DirectoryService address, if not the one of --store.
+    #[arg(long, value_name = "URL")]
+    pub directory_service_addr: Option<StoreAddress>,
+
+    /// PathInfoService address, if not the one of --store.
+    #[arg(long, value_name = "URL")]
+    pub path_info_service_addr: Option<StoreAddress>,
+
+    /// Package names the store speaks: tvix (tvix-store) or snix.
+    #[arg(long, value_enum, default_value_t = StoreProtocol::Tvix)]
+    pub store_protocol: StoreProtocol,
+
+    /// Seconds to wait for the store to connect, answer, or send the next
+    /// message of a stream before the guest gets EIO.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    pub store_timeout: f64,
+
+    /// List the root directory with PathInfoService.List. Without it the
+    /// root lists as empty, but every store path can still be opened by name.
+    #[arg(long)]
+    pub list_root: bool,
+
+    /// Request queues of the virtio-fs device (plus one high-priority queue).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub num_request_queues: u16,
+
+    /// Largest virtqueue size offered to the VMM.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub queue_size: u16,
+
+    /// Threads that run requests in parallel with their queue's thread
+    /// (0: each queue's own thread runs its requests in order).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub thread_pool_size: usize,
+
+    /// After the VMM disconnects, wait for the next connection instead of
+    /// exiting.
+    #[arg(long)]
+    pub persistent: bool,
+
+    /// Threads serving /dev/fuse in --mount mode.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub fuse_threads: usize,
+
+    /// Seconds the guest may cache names and attributes (content is
+    /// immutable).
+    #[arg(long, value_name = "SECS", default_value_t = 86400.0)]
+    pub entry_timeout: f64,
+
+    /// Seconds the guest may remember that a store path does not exist.
+    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    pub negative_timeout: f64,
+
+    /// Bytes of verified blob chunks and Directories kept in memory
+    /// (suffixes K, M, G).
+    #[arg(long, value_name = "SIZE", default_value = "128M", value_parser = parse_size)]
+    pub memory_cache_size: u64,
+
+    /// Directory for large blobs that the store does not chunk (they are
+    /// fetched whole, verified, and read from there). Default: $TMPDIR.
+    #[arg(long, value_name = "DIR")]
+    pub spool_dir: Option<PathBuf>,
+
+    /// Log level: error, warn, info, debug, trace (RUST_LOG overrides).
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+}
+
+/// Parses `1024`, `64K`, `128M`, `2G` (powers of 1024).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (digits, shift) = match s.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&s[..i], 10),
+        Some((i, 'm' | 'M')) => (&s[..i], 20),
+        Some((i, 'g' | 'G')) => (&s[..i], 30),
+        _ => (s, 0),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}: use e.g. 512M"))?;
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+fn seconds(secs: f64, flag: &str) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(secs)
+        .map_err(|_| anyhow::anyhow!("--{flag} must be a non-negative number of seconds"))
+}
+
+impl Cli {
+    pub fn store_config(&self) -> anyhow::Result<StoreConfig> {
+        let store = self.store.clone();
+        let pick = |specific: &Option<StoreAddress>, name: &str| {
+            specific.clone().or_else(|| store.clone()).ok_or_else(|| {
+                anyhow::anyhow!("no address for the {name}: give --store or --{name}-addr")
+            })
+        };
+        Ok(StoreConfig {
+            blob_service: pick(&self.blob_service_addr, "blob-service")?,
+            directory_service: pick(&self.directory_service_addr, "directory-service")?,
+            path_info_service: pick(&self.path_info_service_addr, "path-info-service")?,
+            protocol: self.store_protocol,
+            timeout: seconds(self.store_timeout, "store-timeout")?,
+        })
+    }
+
+    pub fn fs_config(&self) -> anyhow::Result<FsConfig> {
+        // Directories are small and hot; chunks take the bulk.
+        let directory_cache_bytes = self.memory_cache_size / 8;
+        Ok(FsConfig {
+            list_root: self.list_root,
+            entry_timeout: seconds(self.entry_timeout, "entry-timeout")?,
+            negative_root_timeout: seconds(self.negative_timeout, "negative-timeout")?,
+            keep_cache: true,
+            chunk_cache_bytes: self.memory_cache_size - directory_cache_bytes,
+            directory_cache_bytes,
+            spool_dir: self.spool_dir.clone(),
+        })
+    }
+
+    pub fn device_config(&self) -> DeviceConfig {
+        DeviceConfig {
+            num_request_queues: usize::from(self.num_request_queues),
+            queue_size: usize::from(self.queue_size),
+            thread_pool_size: self.thread_pool_size,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sizes() {
+        assert_eq!(parse_size("1024"), Ok(1024));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("128m"), Ok(128 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert!(parse_size("x").is_err());
+        assert!(parse_size("99999999999G").is_err());
+    }
+
+    #[test]
+    fn per_service_addresses_override_the_store() {
+        let cli = Cli::parse_from([
+            "tvix-virtiofsd",
+            "--socket-path",
+            "/tmp/s",
+            "--store",
+            "grpc+unix:///a.sock",
+            "--blob-service-addr",
+            "grpc+http://127.0.0.1:1",
+        ]);
+        let c = cli.store_config().unwrap();
+        assert_eq!(
+            c.blob_service,
+            StoreAddress::Http("http://127.0.0.1:1".into())
+        );
+        assert_eq!(c.directory_service, StoreAddress::Unix("/a.sock".into()));
+        assert_eq!(c.path_info_service, StoreAddress::Unix("/a.sock".into()));
+    }
+
+    #[test]
+    fn requires_a_way_to_serve() {
+        assert!(Cli::try_parse_from(["tvix-virtiofsd", "--store", "grpc+unix:///a.sock"]).is_err());
+    }
+}

@@ -1,0 +1,677 @@
+//! The read-only filesystem: a flat root of store paths, each resolved
+//! through PathInfoService, with directories and files from castore. It
+//! implements fuse-backend-rs's `FileSystem` and knows nothing about the
+//! transport (virtqueues or /dev/fuse) that carries its requests.
+
+mod blob;
+mod inode;
+
+use std::collections::HashMap;
+use std::ffi::CStr;
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64};
+use fuse_backend_rs::api::filesystem::{
+    Context, DirEntry as FuseDirEntry, Entry, FileSystem, FsOptions, GetxattrReply, ListxattrReply,
+    OpenOptions, ZeroCopyReader, ZeroCopyWriter,
+};
+use parking_lot::Mutex;
+use tokio::runtime::Handle;
+
+use crate::store::{store_path, B3Digest, DirEntry, Directory, Node, StoreClient, StoreError};
+pub use blob::MAX_IN_MEMORY_BLOB;
+use blob::{BlobReader, OpenBlob, ReadError};
+use inode::InodeTable;
+pub use inode::{InodeKind, ROOT_INODE};
+
+/// Directory entry inode number for entries not (yet) looked up, as libfuse
+/// reports it.
+const UNKNOWN_INO: u64 = 0xffff_ffff;
+/// Most store paths the root listing holds (`--list-root`).
+const MAX_ROOT_LISTING: usize = 1 << 20;
+/// Modification time of everything, as in a real Nix store.
+const STORE_MTIME: i64 = 1;
+
+/// How the filesystem behaves towards the guest.
+#[derive(Clone, Debug)]
+pub struct FsConfig {
+    /// Answer readdir of the root with PathInfoService.List.
+    pub list_root: bool,
+    /// How long the guest may cache entries and attributes. Store content is
+    /// immutable, so this can be long.
+    pub entry_timeout: Duration,
+    /// How long the guest may cache "no such store path": short, because
+    /// new paths appear in the store.
+    pub negative_root_timeout: Duration,
+    /// Keep the guest page cache across opens (FOPEN_KEEP_CACHE).
+    pub keep_cache: bool,
+    /// Bytes of verified chunks kept in memory.
+    pub chunk_cache_bytes: u64,
+    /// Bytes of validated Directories kept in memory.
+    pub directory_cache_bytes: u64,
+    /// Where large unchunked blobs are spooled (default: $TMPDIR).
+    pub spool_dir: Option<PathBuf>,
+}
+
+impl Default for FsConfig {
+    fn default() -> Self {
+        Self {
+            list_root: false,
+            entry_timeout: Duration::from_secs(24 * 3600),
+            negative_root_timeout: Duration::from_secs(1),
+            keep_cache: true,
+            chunk_cache_bytes: 64 << 20,
+            directory_cache_bytes: 16 << 20,
+            spool_dir: None,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct DirectoryWeighter;
+
+impl quick_cache::Weighter<B3Digest, Arc<Directory>> for DirectoryWeighter {
+    fn weight(&self, _: &B3Digest, value: &Arc<Directory>) -> u64 {
+        value.approximate_size_in_bytes() as u64
+    }
+}
+
+/// What an open directory handle lists.
+enum DirListing {
+    Directory(Arc<Directory>),
+    Root(Arc<Vec<DirEntry>>),
+}
+
+impl DirListing {
+    fn entries(&self) -> &[DirEntry] {
+        match self {
+            Self::Directory(d) => &d.entries,
+            Self::Root(v) => v,
+        }
+    }
+}
+
+/// The filesystem served to the guest.
+pub struct StoreFs {
+    config: FsConfig,
+    client: StoreClient,
+    runtime: Handle,
+    inodes: InodeTable,
+    directories: quick_cache::sync::Cache<B3Digest, Arc<Directory>, DirectoryWeighter>,
+    blobs: BlobReader,
+    next_handle: AtomicU64,
+    open_files: Mutex<HashMap<u64, Arc<OpenBlob>>>,
+    open_dirs: Mutex<HashMap<u64, Arc<DirListing>>>,
+}
+
+fn errno(e: i32) -> io::Error {
+    io::Error::from_raw_os_error(e)
+}
+
+/// Every request that would change the filesystem gets this.
+fn read_only<T>() -> io::Result<T> {
+    Err(errno(libc::EROFS))
+}
+
+/// Logs a store failure with what the guest asked for, and turns it into EIO.
+fn store_failure(context: &str, e: &StoreError) -> io::Error {
+    if e.is_corruption() {
+        tracing::error!(error = %e, "{context}: store sent bad data; refusing it");
+    } else {
+        tracing::error!(error = %e, "{context}: store request failed");
+    }
+    errno(libc::EIO)
+}
+
+impl StoreFs {
+    /// `runtime` drives the gRPC calls; the filesystem's methods block on it
+    /// and so must be called from threads outside the runtime.
+    pub fn new(config: FsConfig, client: StoreClient, runtime: Handle) -> Self {
+        let blobs = BlobReader::new(
+            client.clone(),
+            runtime.clone(),
+            config.chunk_cache_bytes,
+            config.spool_dir.clone(),
+        );
+        Self {
+            directories: quick_cache::sync::Cache::with_weighter(
+                1024,
+                config.directory_cache_bytes,
+                DirectoryWeighter,
+            ),
+            config,
+            client,
+            runtime,
+            inodes: InodeTable::default(),
+            blobs,
+            next_handle: AtomicU64::new(1),
+            open_files: Mutex::new(HashMap::new()),
+            open_dirs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Number of live inodes besides the root (for tests and stats).
+    pub fn inode_count(&self) -> usize {
+        self.inodes.len()
+    }
+
+    fn kind(&self, inode: u64) -> io::Result<InodeKind> {
+        // An inode the kernel never got from us, or already forgot.
+        self.inodes.get(inode).ok_or_else(|| errno(libc::ESTALE))
+    }
+
+    /// A validated Directory, from the cache or the store.
+    fn directory(&self, digest: &B3Digest, size: u64) -> io::Result<Arc<Directory>> {
+        let dir = self
+            .directories
+            .get_or_insert_with(digest, || {
+                self.runtime
+                    .block_on(self.client.directory(digest, Some(size)))
+                    .map(Arc::new)
+            })
+            .map_err(|e| store_failure("reading a directory", &e))?;
+        if dir.size != size {
+            // A cached Directory reached through a parent that disagrees
+            // about its size: that parent is corrupt.
+            let e = StoreError::InvalidDirectory {
+                digest: *digest,
+                source: crate::store::directory::ValidationError::SizeMismatch {
+                    expected: size,
+                    actual: dir.size,
+                },
+            };
+            return Err(store_failure("reading a directory", &e));
+        }
+        Ok(dir)
+    }
+
+    fn attr(&self, inode: u64, kind: &InodeKind) -> stat64 {
+        // SAFETY: stat64 is plain old data; all-zero is a valid value.
+        let mut st: stat64 = unsafe { std::mem::zeroed() };
+        st.st_ino = inode;
+        st.st_uid = 0;
+        st.st_gid = 0;
+        st.st_mtime = STORE_MTIME;
+        st.st_ctime = STORE_MTIME;
+        st.st_atime = STORE_MTIME;
+        st.st_blksize = 65536;
+        let (mode, nlink, size) = match kind {
+            InodeKind::Root | InodeKind::Node(Node::Directory { .. }) => {
+                (libc::S_IFDIR | 0o555, 2, 0)
+            }
+            InodeKind::Node(Node::File {
+                size, executable, ..
+            }) => (
+                libc::S_IFREG | if *executable { 0o555 } else { 0o444 },
+                1,
+                *size,
+            ),
+            InodeKind::Node(Node::Symlink { target }) => {
+                (libc::S_IFLNK | 0o777, 1, target.len() as u64)
+            }
+        };
+        st.st_mode = mode;
+        st.st_nlink = nlink;
+        st.st_size = size as i64;
+        st.st_blocks = size.div_ceil(512) as i64;
+        st
+    }
+
+    fn entry(&self, inode: u64, kind: &InodeKind) -> Entry {
+        Entry {
+            inode,
+            generation: 0,
+            attr: self.attr(inode, kind),
+            attr_flags: 0,
+            attr_timeout: self.config.entry_timeout,
+            entry_timeout: self.config.entry_timeout,
+        }
+    }
+
+    /// A negative entry: "no such name", cacheable by the guest for `timeout`.
+    fn negative(timeout: Duration) -> Entry {
+        Entry {
+            inode: 0,
+            entry_timeout: timeout,
+            ..Entry::default()
+        }
+    }
+
+    fn lookup_root(&self, name: &[u8]) -> io::Result<Entry> {
+        let Some(hash) = store_path::parse(name) else {
+            // Not a store path name: it can never exist, no store call.
+            return Ok(Self::negative(self.config.entry_timeout));
+        };
+        let shown = String::from_utf8_lossy(name);
+        match self.runtime.block_on(self.client.path_info(hash, name)) {
+            Ok(Some(found)) => {
+                let ino = self.inodes.lookup(ROOT_INODE, &found.name, &found.node);
+                Ok(self.entry(ino, &InodeKind::Node(found.node)))
+            }
+            Ok(None) => Ok(Self::negative(self.config.negative_root_timeout)),
+            Err(e) => Err(store_failure(&format!("looking up store path {shown}"), &e)),
+        }
+    }
+
+    fn directory_of(&self, kind: &InodeKind) -> io::Result<Arc<Directory>> {
+        match kind {
+            InodeKind::Node(Node::Directory { digest, size }) => self.directory(digest, *size),
+            _ => Err(errno(libc::ENOTDIR)),
+        }
+    }
+
+    fn listing(&self, inode: u64) -> io::Result<DirListing> {
+        match self.kind(inode)? {
+            InodeKind::Root if self.config.list_root => {
+                let entries = self
+                    .runtime
+                    .block_on(self.client.list_path_infos(MAX_ROOT_LISTING))
+                    .map_err(|e| store_failure("listing the store paths", &e))?;
+                Ok(DirListing::Root(Arc::new(entries)))
+            }
+            // Without --list-root the root lists nothing; names still resolve.
+            InodeKind::Root => Ok(DirListing::Root(Arc::new(Vec::new()))),
+            kind => Ok(DirListing::Directory(self.directory_of(&kind)?)),
+        }
+    }
+
+    fn new_handle(&self) -> u64 {
+        self.next_handle.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn dir_handle(&self, handle: u64) -> io::Result<Arc<DirListing>> {
+        self.open_dirs
+            .lock()
+            .get(&handle)
+            .cloned()
+            .ok_or_else(|| errno(libc::EBADF))
+    }
+
+    /// The entries of a directory from readdir `offset` on: 0 is ".", 1 is
+    /// "..", 2.. are the sorted entries. Calls `emit` until it returns false.
+    fn for_each_entry(
+        &self,
+        inode: u64,
+        handle: u64,
+        offset: u64,
+        mut emit: impl FnMut(u64, &[u8], Option<&DirEntry>) -> io::Result<bool>,
+    ) -> io::Result<()> {
+        let listing = self.dir_handle(handle)?;
+        let entries = listing.entries();
+        let total = entries.len() as u64 + 2;
+        let _ = inode;
+        for index in offset..total {
+            let (name, entry): (&[u8], _) = match index {
+                0 => (b".", None),
+                1 => (b"..", None),
+                i => {
+                    let e = &entries[(i - 2) as usize];
+                    (&e.name[..], Some(e))
+                }
+            };
+            if !emit(index + 1, name, entry)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn dirent_type(node: Option<&Node>) -> u32 {
+    match node {
+        None | Some(Node::Directory { .. }) => libc::DT_DIR as u32,
+        Some(Node::File { .. }) => libc::DT_REG as u32,
+        Some(Node::Symlink { .. }) => libc::DT_LNK as u32,
+    }
+}
+
+impl FileSystem for StoreFs {
+    type Inode = u64;
+    type Handle = u64;
+
+    fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
+        let wanted = FsOptions::ASYNC_READ
+            | FsOptions::BIG_WRITES
+            | FsOptions::PARALLEL_DIROPS
+            | FsOptions::DO_READDIRPLUS
+            | FsOptions::READDIRPLUS_AUTO
+            | FsOptions::CACHE_SYMLINKS
+            | FsOptions::MAX_PAGES;
+        Ok(capable & wanted)
+    }
+
+    fn lookup(&self, _ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
+        let name = name.to_bytes();
+        let _span =
+            tracing::debug_span!("lookup", parent, name = %String::from_utf8_lossy(name)).entered();
+        match self.kind(parent)? {
+            InodeKind::Root => self.lookup_root(name),
+            kind => {
+                let dir = self.directory_of(&kind)?;
+                match dir.entry(name) {
+                    Some(found) => {
+                        let ino = self.inodes.lookup(parent, &found.name, &found.node);
+                        Ok(self.entry(ino, &InodeKind::Node(found.node.clone())))
+                    }
+                    // Directories never change: the guest may remember this.
+                    None => Ok(Self::negative(self.config.entry_timeout)),
+                }
+            }
+        }
+    }
+
+    fn forget(&self, _ctx: &Context, inode: u64, count: u64) {
+        self.inodes.forget(inode, count);
+    }
+
+    fn batch_forget(&self, _ctx: &Context, requests: Vec<(u64, u64)>) {
+        for (inode, count) in requests {
+            self.inodes.forget(inode, count);
+        }
+    }
+
+    fn getattr(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        _handle: Option<u64>,
+    ) -> io::Result<(stat64, Duration)> {
+        let kind = self.kind(inode)?;
+        Ok((self.attr(inode, &kind), self.config.entry_timeout))
+    }
+
+    fn readlink(&self, _ctx: &Context, inode: u64) -> io::Result<Vec<u8>> {
+        match self.kind(inode)? {
+            InodeKind::Node(Node::Symlink { target }) => Ok(target.to_vec()),
+            _ => Err(errno(libc::EINVAL)),
+        }
+    }
+
+    fn open(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        flags: u32,
+        _fuse_flags: u32,
+    ) -> io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
+        let flags = flags as i32;
+        if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
+            return read_only();
+        }
+        let (digest, size) = match self.kind(inode)? {
+            InodeKind::Node(Node::File { digest, size, .. }) => (digest, size),
+            InodeKind::Root | InodeKind::Node(Node::Directory { .. }) => {
+                return Err(errno(libc::EISDIR))
+            }
+            InodeKind::Node(Node::Symlink { .. }) => return Err(errno(libc::ELOOP)),
+        };
+        let handle = self.new_handle();
+        self.open_files
+            .lock()
+            .insert(handle, Arc::new(self.blobs.open(digest, size)));
+        let options = if self.config.keep_cache {
+            OpenOptions::KEEP_CACHE
+        } else {
+            OpenOptions::empty()
+        };
+        Ok((Some(handle), options, None))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn read(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        handle: u64,
+        w: &mut dyn ZeroCopyWriter,
+        size: u32,
+        offset: u64,
+        _lock_owner: Option<u64>,
+        _flags: u32,
+    ) -> io::Result<usize> {
+        let _span = tracing::debug_span!("read", inode, offset, size).entered();
+        let blob = self
+            .open_files
+            .lock()
+            .get(&handle)
+            .cloned()
+            .ok_or_else(|| errno(libc::EBADF))?;
+        self.blobs
+            .read(&blob, w, size, offset)
+            .map_err(|e| match e {
+                ReadError::Store(e) => store_failure(&format!("reading inode {inode}"), &e),
+                ReadError::Local(e) => {
+                    tracing::error!(error = %e, inode, "reading: local temporary file failed");
+                    errno(libc::EIO)
+                }
+                ReadError::Guest(e) => e,
+            })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn release(
+        &self,
+        _ctx: &Context,
+        _inode: u64,
+        _flags: u32,
+        handle: u64,
+        _flush: bool,
+        _flock_release: bool,
+        _lock_owner: Option<u64>,
+    ) -> io::Result<()> {
+        self.open_files.lock().remove(&handle);
+        Ok(())
+    }
+
+    fn opendir(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        _flags: u32,
+    ) -> io::Result<(Option<u64>, OpenOptions)> {
+        let listing = self.listing(inode)?;
+        let handle = self.new_handle();
+        self.open_dirs.lock().insert(handle, Arc::new(listing));
+        // Listings never change, except the root's (new store paths).
+        let options = if inode == ROOT_INODE {
+            OpenOptions::empty()
+        } else {
+            OpenOptions::CACHE_DIR | OpenOptions::KEEP_CACHE
+        };
+        Ok((Some(handle), options))
+    }
+
+    fn readdir(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        handle: u64,
+        _size: u32,
+        offset: u64,
+        add_entry: &mut dyn FnMut(FuseDirEntry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        self.for_each_entry(inode, handle, offset, |next, name, entry| {
+            let ino = match entry {
+                None => inode,
+                Some(_) => self.inodes.peek(inode, name).unwrap_or(UNKNOWN_INO),
+            };
+            let written = add_entry(FuseDirEntry {
+                ino,
+                offset: next,
+                type_: dirent_type(entry.map(|e| &e.node)),
+                name,
+            })?;
+            Ok(written > 0)
+        })
+    }
+
+    fn readdirplus(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        handle: u64,
+        _size: u32,
+        offset: u64,
+        add_entry: &mut dyn FnMut(FuseDirEntry, Entry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        self.for_each_entry(inode, handle, offset, |next, name, entry| {
+            let dirent = |ino| FuseDirEntry {
+                ino,
+                offset: next,
+                type_: dirent_type(entry.map(|e| &e.node)),
+                name,
+            };
+            let Some(entry) = entry else {
+                // "." and "..": inode 0 tells the kernel no lookup is counted.
+                return Ok(add_entry(dirent(inode), Entry::default())? > 0);
+            };
+            let ino = self.inodes.lookup(inode, &entry.name, &entry.node);
+            let kind = InodeKind::Node(entry.node.clone());
+            match add_entry(dirent(ino), self.entry(ino, &kind)) {
+                Ok(0) => {
+                    // The buffer is full: this entry was not sent after all.
+                    self.inodes.forget(ino, 1);
+                    Ok(false)
+                }
+                Ok(_) => Ok(true),
+                Err(e) => {
+                    self.inodes.forget(ino, 1);
+                    Err(e)
+                }
+            }
+        })
+    }
+
+    fn releasedir(&self, _ctx: &Context, _inode: u64, _flags: u32, handle: u64) -> io::Result<()> {
+        self.open_dirs.lock().remove(&handle);
+        Ok(())
+    }
+
+    fn statfs(&self, _ctx: &Context, _inode: u64) -> io::Result<statvfs64> {
+        // SAFETY: statvfs64 is plain old data; all-zero is a valid value.
+        let mut st: statvfs64 = unsafe { std::mem::zeroed() };
+        st.f_bsize = 65536;
+        st.f_frsize = 4096;
+        st.f_namemax = 255;
+        st.f_flag = libc::ST_RDONLY | libc::ST_NOSUID | libc::ST_NODEV;
+        Ok(st)
+    }
+
+    fn access(&self, _ctx: &Context, inode: u64, mask: u32) -> io::Result<()> {
+        let kind = self.kind(inode)?;
+        let mask = mask as i32;
+        if mask & libc::W_OK != 0 {
+            return read_only();
+        }
+        if mask & libc::X_OK != 0 {
+            if let InodeKind::Node(Node::File {
+                executable: false, ..
+            }) = kind
+            {
+                return Err(errno(libc::EACCES));
+            }
+        }
+        Ok(())
+    }
+
+    fn getxattr(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        _name: &CStr,
+        _size: u32,
+    ) -> io::Result<GetxattrReply> {
+        self.kind(inode)?;
+        Err(errno(libc::ENODATA))
+    }
+
+    fn listxattr(&self, _ctx: &Context, inode: u64, size: u32) -> io::Result<ListxattrReply> {
+        self.kind(inode)?;
+        Ok(if size == 0 {
+            ListxattrReply::Count(0)
+        } else {
+            ListxattrReply::Names(Vec::new())
+        })
+    }
+
+    // Everything below would modify the store: refused in one place.
+
+    fn setattr(
+        &self,
+        _: &Context,
+        _: u64,
+        _: stat64,
+        _: Option<u64>,
+        _: fuse_backend_rs::abi::fuse_abi::SetattrValid,
+    ) -> io::Result<(stat64, Duration)> {
+        read_only()
+    }
+    fn symlink(&self, _: &Context, _: &CStr, _: u64, _: &CStr) -> io::Result<Entry> {
+        read_only()
+    }
+    fn mknod(&self, _: &Context, _: u64, _: &CStr, _: u32, _: u32, _: u32) -> io::Result<Entry> {
+        read_only()
+    }
+    fn mkdir(&self, _: &Context, _: u64, _: &CStr, _: u32, _: u32) -> io::Result<Entry> {
+        read_only()
+    }
+    fn unlink(&self, _: &Context, _: u64, _: &CStr) -> io::Result<()> {
+        read_only()
+    }
+    fn rmdir(&self, _: &Context, _: u64, _: &CStr) -> io::Result<()> {
+        read_only()
+    }
+    fn rename(&self, _: &Context, _: u64, _: &CStr, _: u64, _: &CStr, _: u32) -> io::Result<()> {
+        read_only()
+    }
+    fn link(&self, _: &Context, _: u64, _: u64, _: &CStr) -> io::Result<Entry> {
+        read_only()
+    }
+    fn create(
+        &self,
+        _: &Context,
+        _: u64,
+        _: &CStr,
+        _: fuse_backend_rs::abi::fuse_abi::CreateIn,
+    ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
+        read_only()
+    }
+    #[allow(clippy::too_many_arguments)]
+    fn write(
+        &self,
+        _: &Context,
+        _: u64,
+        _: u64,
+        _: &mut dyn ZeroCopyReader,
+        _: u32,
+        _: u64,
+        _: Option<u64>,
+        _: bool,
+        _: u32,
+        _: u32,
+    ) -> io::Result<usize> {
+        read_only()
+    }
+    fn fallocate(&self, _: &Context, _: u64, _: u64, _: u32, _: u64, _: u64) -> io::Result<()> {
+        read_only()
+    }
+    fn setxattr(&self, _: &Context, _: u64, _: &CStr, _: &[u8], _: u32) -> io::Result<()> {
+        read_only()
+    }
+    fn removexattr(&self, _: &Context, _: u64, _: &CStr) -> io::Result<()> {
+        read_only()
+    }
+    fn flush(&self, _: &Context, _: u64, _: u64, _: u64) -> io::Result<()> {
+        Ok(())
+    }
+    fn fsync(&self, _: &Context, _: u64, _: bool, _: u64) -> io::Result<()> {
+        Ok(())
+    }
+    fn fsyncdir(&self, _: &Context, _: u64, _: bool, _: u64) -> io::Result<()> {
+        Ok(())
+    }
+}

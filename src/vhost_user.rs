@@ -1,0 +1,365 @@
+//! The vhost-user transport: takes FUSE requests off the virtqueues the VMM
+//! shares with us, hands them to the FUSE server, and returns the replies.
+//! It knows nothing about the store; the filesystem knows nothing about
+//! virtqueues.
+
+use std::io;
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread;
+
+use fuse_backend_rs::api::filesystem::FileSystem;
+use fuse_backend_rs::api::server::Server;
+use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::Listener;
+use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock, VringState, VringT};
+use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::bindings::virtio_ring::{
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
+};
+use virtio_queue::{DescriptorChain, QueueOwnedT};
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
+
+type Memory = GuestMemoryAtomic<GuestMemoryMmap>;
+type Vring = VringRwLock<Memory>;
+type Chain = DescriptorChain<GuestMemoryLoadGuard<GuestMemoryMmap>>;
+
+/// The high-priority queue (FORGET, INTERRUPT) plus this many request queues
+/// is what a virtio-fs device has.
+const HIPRIO_QUEUES: usize = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VhostUserError {
+    #[error("listening on vhost-user socket {path}: {source}")]
+    Listen { path: String, source: io::Error },
+    // vhost-user-backend's error is not Sync, so it is kept as text.
+    #[error("setting up the vhost-user device: {0}")]
+    Daemon(String),
+    #[error("vhost-user connection failed: {0}")]
+    Connection(String),
+}
+
+/// Settings of the virtio-fs device we emulate.
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceConfig {
+    pub num_request_queues: usize,
+    pub queue_size: usize,
+    /// Threads that execute requests besides the queue threads; 0 handles
+    /// each request on its queue's own thread.
+    pub thread_pool_size: usize,
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A fixed set of threads that run requests taken off the queues, so that a
+/// slow store fetch on one request does not hold up the rest of its queue.
+struct WorkerPool {
+    sender: SyncSender<Job>,
+}
+
+impl WorkerPool {
+    fn new(threads: usize) -> io::Result<Self> {
+        let (sender, receiver) = sync_channel::<Job>(threads * 64);
+        let receiver = Arc::new(Mutex::new(receiver));
+        for i in 0..threads {
+            let receiver: Arc<Mutex<Receiver<Job>>> = receiver.clone();
+            thread::Builder::new()
+                .name(format!("fs-worker-{i}"))
+                .spawn(move || loop {
+                    // The lock is only held while waiting for the next job.
+                    let job = match receiver.lock() {
+                        Ok(r) => r.recv(),
+                        Err(_) => return,
+                    };
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                })?;
+        }
+        Ok(Self { sender })
+    }
+}
+
+/// One connection's device state. A new one is made per VMM connection.
+struct FsBackend<F: FileSystem + Send + Sync + 'static> {
+    server: Arc<Server<Arc<F>>>,
+    config: DeviceConfig,
+    pool: Option<Arc<WorkerPool>>,
+    event_idx: AtomicBool,
+    memory: RwLock<Option<Memory>>,
+}
+
+/// Handles one request and returns the number of bytes written to the
+/// guest. A malformed chain or message is logged and answered with no data
+/// (the server replies with an errno where it still can); the daemon goes on.
+fn handle_chain<F: FileSystem + Send + Sync>(
+    server: &Server<Arc<F>>,
+    mem: &GuestMemoryMmap,
+    chain: Chain,
+) -> u32 {
+    let head = chain.head_index();
+    let reader = match Reader::from_descriptor_chain(mem, chain.clone()) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(head, error = %e, "malformed descriptor chain (request side); dropped");
+            return 0;
+        }
+    };
+    let writer = match VirtioFsWriter::new(mem, chain) {
+        Ok(w) => w.into(),
+        Err(e) => {
+            tracing::warn!(head, error = %e, "malformed descriptor chain (reply side); dropped");
+            return 0;
+        }
+    };
+    match server.handle_message(reader, writer, None, None) {
+        Ok(len) => u32::try_from(len).unwrap_or(u32::MAX),
+        Err(e) => {
+            tracing::warn!(head, error = %e, "malformed FUSE message; dropped");
+            0
+        }
+    }
+}
+
+/// Returns a finished request to the guest and interrupts it if needed.
+fn complete(vring: &Vring, head: u16, len: u32) {
+    let mut state = vring.get_mut();
+    if let Err(e) = state.add_used(head, len) {
+        tracing::error!(head, error = %e, "returning a descriptor to the guest failed");
+        return;
+    }
+    notify(&mut state);
+}
+
+fn notify(state: &mut VringState<Memory>) {
+    match state.needs_notification() {
+        Ok(true) => {
+            if let Err(e) = state.signal_used_queue() {
+                tracing::error!(error = %e, "interrupting the guest failed");
+            }
+        }
+        Ok(false) => {}
+        Err(e) => tracing::error!(error = %e, "checking whether to interrupt the guest failed"),
+    }
+}
+
+impl<F: FileSystem + Send + Sync + 'static> FsBackend<F> {
+    /// Takes every available request off `vring` and handles or dispatches
+    /// it. Returns whether there were any.
+    fn process_queue(&self, vring: &Vring) -> io::Result<bool> {
+        let Some(memory) = self.memory.read().ok().and_then(|m| m.clone()) else {
+            return Err(io::Error::other("no guest memory configured"));
+        };
+        let mem = memory.memory();
+        let chains: Vec<Chain> = vring
+            .get_mut()
+            .get_queue_mut()
+            .iter(mem.clone())
+            .map_err(|e| io::Error::other(format!("reading the available ring: {e}")))?
+            .collect();
+        let any = !chains.is_empty();
+        for chain in chains {
+            let head = chain.head_index();
+            match &self.pool {
+                None => {
+                    let len = handle_chain(&self.server, &mem, chain);
+                    complete(vring, head, len);
+                }
+                Some(pool) => {
+                    let server = self.server.clone();
+                    let vring = vring.clone();
+                    let mem = mem.clone();
+                    let job: Job = Box::new(move || {
+                        let len = handle_chain(&server, &mem, chain);
+                        complete(&vring, head, len);
+                    });
+                    if pool.sender.send(job).is_err() {
+                        tracing::error!("worker pool is gone; request dropped");
+                    }
+                }
+            }
+        }
+        Ok(any)
+    }
+}
+
+impl<F: FileSystem + Send + Sync + 'static> VhostUserBackend for FsBackend<F> {
+    type Bitmap = ();
+    type Vring = Vring;
+
+    fn num_queues(&self) -> usize {
+        HIPRIO_QUEUES + self.config.num_request_queues
+    }
+
+    fn max_queue_size(&self) -> usize {
+        self.config.queue_size
+    }
+
+    fn features(&self) -> u64 {
+        (1 << VIRTIO_F_VERSION_1)
+            | (1 << VIRTIO_RING_F_INDIRECT_DESC)
+            | (1 << VIRTIO_RING_F_EVENT_IDX)
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+    }
+
+    fn set_event_idx(&self, enabled: bool) {
+        self.event_idx.store(enabled, Ordering::Relaxed);
+    }
+
+    fn update_memory(&self, mem: Memory) -> io::Result<()> {
+        *self
+            .memory
+            .write()
+            .map_err(|_| io::Error::other("memory lock poisoned"))? = Some(mem);
+        Ok(())
+    }
+
+    /// One worker thread per queue, so request queues run in parallel.
+    fn queues_per_thread(&self) -> Vec<u64> {
+        (0..self.num_queues()).map(|q| 1u64 << q).collect()
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        match new_event_consumer_and_notifier(EventFlag::NONBLOCK) {
+            Ok(pair) => Some(pair),
+            Err(e) => {
+                tracing::error!(error = %e, "creating a worker exit event failed");
+                None
+            }
+        }
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        evset: EventSet,
+        vrings: &[Vring],
+        thread_id: usize,
+    ) -> io::Result<()> {
+        if evset != EventSet::IN {
+            return Err(io::Error::other(format!("unexpected event set {evset:?}")));
+        }
+        // Each thread owns exactly one queue, so `device_event` is 0.
+        let Some(vring) = vrings.get(usize::from(device_event)) else {
+            return Err(io::Error::other(format!(
+                "event for unknown queue {device_event} on thread {thread_id}"
+            )));
+        };
+        if self.event_idx.load(Ordering::Relaxed) {
+            // With EVENT_IDX the guest does not kick again for requests that
+            // arrive while we work: drain until the queue stays empty.
+            loop {
+                vring
+                    .disable_notification()
+                    .map_err(|e| io::Error::other(e.to_string()))?;
+                if let Err(e) = self.process_queue(vring) {
+                    tracing::error!(queue = thread_id, error = %e, "processing a queue failed");
+                }
+                if !vring
+                    .enable_notification()
+                    .map_err(|e| io::Error::other(e.to_string()))?
+                {
+                    break;
+                }
+            }
+        } else {
+            self.process_queue(vring)?;
+        }
+        Ok(())
+    }
+}
+
+/// Serves `fs` to VMMs connecting on a vhost-user socket.
+pub struct VhostUserServer<F: FileSystem + Send + Sync + 'static> {
+    server: Arc<Server<Arc<F>>>,
+    config: DeviceConfig,
+    pool: Option<Arc<WorkerPool>>,
+    listener: Listener,
+}
+
+impl<F: FileSystem + Send + Sync + 'static> VhostUserServer<F> {
+    /// Listens on `path` (a stale socket file is replaced).
+    pub fn bind(fs: Arc<F>, config: DeviceConfig, path: &Path) -> Result<Self, VhostUserError> {
+        let listener = Listener::new(path, true).map_err(|e| VhostUserError::Listen {
+            path: path.display().to_string(),
+            source: io::Error::other(e.to_string()),
+        })?;
+        Self::with_listener(fs, config, listener)
+    }
+
+    /// Serves on an already listening socket (e.g. from systemd).
+    pub fn from_listener(
+        fs: Arc<F>,
+        config: DeviceConfig,
+        listener: UnixListener,
+    ) -> Result<Self, VhostUserError> {
+        Self::with_listener(fs, config, Listener::from(listener))
+    }
+
+    fn with_listener(
+        fs: Arc<F>,
+        config: DeviceConfig,
+        listener: Listener,
+    ) -> Result<Self, VhostUserError> {
+        let pool = match config.thread_pool_size {
+            0 => None,
+            n => Some(Arc::new(WorkerPool::new(n).map_err(|source| {
+                VhostUserError::Listen {
+                    path: "(worker pool)".into(),
+                    source,
+                }
+            })?)),
+        };
+        Ok(Self {
+            server: Arc::new(Server::new(fs)),
+            config,
+            pool,
+            listener,
+        })
+    }
+
+    /// Accepts one VMM connection and serves it until the VMM disconnects.
+    pub fn serve_one(&mut self) -> Result<(), VhostUserError> {
+        let backend = Arc::new(FsBackend {
+            server: self.server.clone(),
+            config: self.config,
+            pool: self.pool.clone(),
+            event_idx: AtomicBool::new(false),
+            memory: RwLock::new(None),
+        });
+        let memory = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+        let mut daemon = VhostUserDaemon::new("tvix-virtiofsd".into(), backend, memory)
+            .map_err(|e| VhostUserError::Daemon(e.to_string()))?;
+        daemon
+            .start(&mut self.listener)
+            .map_err(|e| VhostUserError::Connection(e.to_string()))?;
+        tracing::info!("VMM connected");
+        let result = daemon.wait();
+        // Stop this connection's queue threads whatever the outcome.
+        for handler in daemon.get_epoll_handlers() {
+            handler.send_exit_event();
+        }
+        match result {
+            Ok(()) => Ok(()),
+            Err(vhost_user_backend::Error::HandleRequest(
+                vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
+            )) => Ok(()),
+            Err(e) => Err(VhostUserError::Connection(e.to_string())),
+        }
+    }
+}
