@@ -2,6 +2,7 @@
 //! screen: parse the command line, set up logging, connect the store client,
 //! build the filesystem, then serve it over vhost-user or FUSE.
 
+use std::io::IsTerminal;
 use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixListener;
 use std::sync::Arc;
@@ -96,6 +97,7 @@ fn init_logging(level: &str) -> anyhow::Result<()> {
         .with_context(|| format!("invalid --log-level {level:?}"))?;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
     Ok(())

@@ -1,0 +1,285 @@
+//! Shared helpers of the integration tests: a generated sample tree, the
+//! fixture store and the daemon as real processes, and tree comparison.
+
+#![allow(dead_code)]
+
+pub mod tree;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub use tree::{compare_entry, compare_trees, sample_tree, BIG_FILE_SIZE, CHUNK_SIZE, MANY};
+
+pub const FIXTURE_BIN: &str = env!("CARGO_BIN_EXE_tvix-fixture-store");
+pub const DAEMON_BIN: &str = env!("CARGO_BIN_EXE_tvix-virtiofsd");
+
+/// A scratch directory under cargo's target dir, fresh for each call.
+pub fn scratch(name: &str) -> PathBuf {
+    let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("scratch");
+    std::fs::create_dir_all(&base).unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("{name}-"))
+        .tempdir_in(&base)
+        .unwrap()
+        .keep();
+    dir
+}
+
+fn terminate(child: &mut Child) {
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// The fixture store, running as its own process on a unix socket (and
+/// optionally more listeners).
+pub struct Fixture {
+    child: Option<Child>,
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    args: Vec<String>,
+    /// `STORE_PATH` names it printed.
+    pub store_paths: Vec<String>,
+    /// `LISTENING` addresses it printed.
+    pub listening: Vec<String>,
+}
+
+impl Fixture {
+    /// Imports `tree` and serves it on a unix socket plus `extra` arguments.
+    pub fn start(tree: &Path, extra: &[&str]) -> Self {
+        let dir = scratch("fixture");
+        let socket = dir.join("store.sock");
+        let mut args: Vec<String> = vec![
+            "--import".into(),
+            tree.display().to_string(),
+            "--listen".into(),
+            format!("grpc+unix://{}", socket.display()),
+            "--manifest".into(),
+            dir.join("manifest").display().to_string(),
+            "--stats-file".into(),
+            dir.join("stats").display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut f = Self {
+            child: None,
+            dir,
+            socket,
+            args,
+            store_paths: Vec::new(),
+            listening: Vec::new(),
+        };
+        f.spawn();
+        f
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("fixture.log"))
+            .unwrap();
+        let mut child = Command::new(FIXTURE_BIN)
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("starting the fixture store");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let expected_listeners = self.args.iter().filter(|a| *a == "--listen").count();
+        let (mut paths, mut listening) = (Vec::new(), Vec::new());
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while listening.len() < expected_listeners {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(p) = line.strip_prefix("STORE_PATH ") {
+                        paths.push(p.to_string());
+                    } else if let Some(a) = line.strip_prefix("LISTENING ") {
+                        listening.push(a.to_string());
+                    }
+                }
+                Err(_) => panic!(
+                    "fixture store did not come up; log:\n{}",
+                    std::fs::read_to_string(self.dir.join("fixture.log")).unwrap_or_default()
+                ),
+            }
+        }
+        self.store_paths = paths;
+        self.listening = listening;
+        self.child = Some(child);
+    }
+
+    pub fn address(&self) -> String {
+        format!("grpc+unix://{}", self.socket.display())
+    }
+
+    /// The store path whose name ends in `-{name}`.
+    pub fn store_path(&self, name: &str) -> String {
+        let suffix = format!("-{name}");
+        self.store_paths
+            .iter()
+            .find(|p| p.ends_with(&suffix) && p.len() == 32 + suffix.len())
+            .unwrap_or_else(|| panic!("no store path for {name} in {:?}", self.store_paths))
+            .clone()
+    }
+
+    /// The hex digest the fixture gave the node at `relative` (from its
+    /// import root).
+    pub fn digest(&self, relative: &str) -> String {
+        let manifest = std::fs::read_to_string(self.dir.join("manifest")).unwrap();
+        manifest
+            .lines()
+            .map(|l| l.split('\t').collect::<Vec<_>>())
+            .find(|f| f.len() == 4 && f[3] == relative)
+            .unwrap_or_else(|| panic!("{relative} not in the fixture manifest"))[1]
+            .to_string()
+    }
+
+    /// Call counts per RPC method.
+    pub fn stats(&self) -> std::collections::HashMap<String, u64> {
+        std::fs::read_to_string(self.dir.join("stats"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let (k, v) = l.split_once(' ')?;
+                Some((k.to_string(), v.trim().parse().ok()?))
+            })
+            .collect()
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child);
+        }
+    }
+
+    /// Starts it again with the same arguments (same socket, same content).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn is_mounted(path: &Path) -> bool {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let target = path.display().to_string();
+    mountinfo
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(target.as_str()))
+}
+
+/// The daemon serving a FUSE mount, as its own process.
+pub struct Daemon {
+    child: Option<Child>,
+    pub mountpoint: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Mounts the store at `store` (an address) with extra daemon flags.
+    pub fn mount(store: &str, extra: &[&str]) -> Self {
+        let dir = scratch("daemon");
+        let mountpoint = dir.join("mnt");
+        std::fs::create_dir(&mountpoint).unwrap();
+        let log = dir.join("daemon.log");
+        let mut child = Command::new(DAEMON_BIN)
+            .arg("--mount")
+            .arg(&mountpoint)
+            .arg("--store")
+            .arg(store)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("starting the daemon");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !is_mounted(&mountpoint) {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "daemon exited with {status}; log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            assert!(Instant::now() < deadline, "daemon did not mount in time");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self {
+            child: Some(child),
+            mountpoint,
+            log,
+        }
+    }
+
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.mountpoint.join(relative)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Whether the daemon process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// Stops the daemon with SIGTERM; returns whether it unmounted by itself.
+    pub fn stop(&mut self) -> bool {
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child);
+        }
+        let clean = !is_mounted(&self.mountpoint);
+        if !clean {
+            let _ = Command::new("umount").arg("-l").arg(&self.mountpoint).status();
+        }
+        clean
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Reads exactly `len` bytes at `offset` (fewer at end of file).
+pub fn read_at(file: &std::fs::File, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; len];
+    let mut done = 0;
+    while done < len {
+        match file.read_at(&mut buf[done..], offset + done as u64)? {
+            0 => break,
+            n => done += n,
+        }
+    }
+    buf.truncate(done);
+    Ok(buf)
+}
