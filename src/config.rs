@@ -34,12 +34,9 @@ pub struct Cli {
     pub print_capabilities: bool,
 
     /// Address of the store for all three services:
-    /// grpc+unix:///abs/path.sock or grpc+http://host:port.
-    #[arg(
-        long,
-        value_name = "URL",
-        required_unless_present = "print_capabilities"
-    )]
+    /// grpc+unix:///abs/path.sock or grpc+http://host:port. May be left out
+    /// when all three --*-service-addr are given.
+    #[arg(long, value_name = "URL")]
     pub store: Option<StoreAddress>,
 
     /// BlobService address, if not the one of --store.

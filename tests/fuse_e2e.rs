@@ -67,15 +67,40 @@ fn ranged_reads_at_chunk_boundaries_return_the_right_bytes() {
 
     let c = CHUNK_SIZE;
     let size = BIG_FILE_SIZE;
-    let offsets = [0, 1, c - 1, c, c + 1, 2 * c - 3, 7 * c, size - c - 1, size - 100, size - 1, size, size + 10];
-    let lengths = [1, 2, 4095, 4096, c as usize, c as usize + 1, 3 * c as usize + 17];
+    let offsets = [
+        0,
+        1,
+        c - 1,
+        c,
+        c + 1,
+        2 * c - 3,
+        7 * c,
+        size - c - 1,
+        size - 100,
+        size - 1,
+        size,
+        size + 10,
+    ];
+    let lengths = [
+        1,
+        2,
+        4095,
+        4096,
+        c as usize,
+        c as usize + 1,
+        3 * c as usize + 17,
+    ];
     let mut checked = 0;
     for &offset in &offsets {
         for &len in &lengths {
             let want = read_at(&source, offset, len).unwrap();
             for (how, file) in [("direct", &direct), ("cached", &cached)] {
                 let got = read_at(file, offset, len).unwrap();
-                assert_eq!(got.len(), want.len(), "{how} read of {len} at {offset}: length");
+                assert_eq!(
+                    got.len(),
+                    want.len(),
+                    "{how} read of {len} at {offset}: length"
+                );
                 assert!(got == want, "{how} read of {len} at {offset}: bytes differ");
                 checked += 1;
             }
@@ -86,7 +111,10 @@ fn ranged_reads_at_chunk_boundaries_return_the_right_bytes() {
     let reads = fixture.stats().get("blob_read").copied().unwrap_or(0);
     let chunks_in_file = size.div_ceil(c);
     assert!(reads > 0, "no blob reads counted");
-    assert!(reads < chunks_in_file / 2, "{reads} chunk reads for a {chunks_in_file}-chunk file");
+    assert!(
+        reads < chunks_in_file / 2,
+        "{reads} chunk reads for a {chunks_in_file}-chunk file"
+    );
 }
 
 #[test]
@@ -96,8 +124,14 @@ fn root_lists_nothing_without_list_root_but_resolves_names() {
     let daemon = Daemon::mount(&fixture.address(), &[]);
     assert_eq!(std::fs::read_dir(&daemon.mountpoint).unwrap().count(), 0);
     let file = daemon.path(&fixture.store_path("single-file.txt"));
-    assert_eq!(std::fs::read(file).unwrap(), b"a store path that is a file\n");
-    assert_eq!(fixture.stats().get("pathinfo_list").copied().unwrap_or(0), 0);
+    assert_eq!(
+        std::fs::read(file).unwrap(),
+        b"a store path that is a file\n"
+    );
+    assert_eq!(
+        fixture.stats().get("pathinfo_list").copied().unwrap_or(0),
+        0
+    );
 }
 
 #[test]
@@ -139,14 +173,31 @@ fn changes_are_refused_as_read_only() {
     let daemon = Daemon::mount(&fixture.address(), &[]);
     let pkg = daemon.path(&fixture.store_path("hello-2.12"));
     let erofs = |r: std::io::Result<()>| r.unwrap_err().raw_os_error();
-    assert_eq!(erofs(std::fs::write(pkg.join("new"), b"x")), Some(libc::EROFS));
-    assert_eq!(erofs(std::fs::create_dir(pkg.join("dir"))), Some(libc::EROFS));
-    assert_eq!(erofs(std::fs::remove_file(pkg.join("bin/hello"))), Some(libc::EROFS));
     assert_eq!(
-        erofs(std::fs::OpenOptions::new().write(true).open(pkg.join("bin/hello")).map(drop)),
+        erofs(std::fs::write(pkg.join("new"), b"x")),
         Some(libc::EROFS)
     );
-    assert_eq!(erofs(std::fs::rename(pkg.join("bin/hello"), pkg.join("bin/h"))), Some(libc::EROFS));
+    assert_eq!(
+        erofs(std::fs::create_dir(pkg.join("dir"))),
+        Some(libc::EROFS)
+    );
+    assert_eq!(
+        erofs(std::fs::remove_file(pkg.join("bin/hello"))),
+        Some(libc::EROFS)
+    );
+    assert_eq!(
+        erofs(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(pkg.join("bin/hello"))
+                .map(drop)
+        ),
+        Some(libc::EROFS)
+    );
+    assert_eq!(
+        erofs(std::fs::rename(pkg.join("bin/hello"), pkg.join("bin/h"))),
+        Some(libc::EROFS)
+    );
 }
 
 #[test]
@@ -154,7 +205,10 @@ fn unmounts_cleanly_on_sigterm() {
     let tree = sample_tree();
     let fixture = Fixture::start(&tree, &[]);
     let mut daemon = Daemon::mount(&fixture.address(), &[]);
-    assert!(daemon.path(&fixture.store_path("hello-2.12")).join("bin/hello").exists());
+    assert!(daemon
+        .path(&fixture.store_path("hello-2.12"))
+        .join("bin/hello")
+        .exists());
     assert!(daemon.stop(), "mount still present after SIGTERM");
     assert!(daemon.log().contains("unmounted"), "log: {}", daemon.log());
 }

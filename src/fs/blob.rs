@@ -53,6 +53,12 @@ pub struct OpenBlob {
     slot: Arc<BlobSlot>,
 }
 
+impl OpenBlob {
+    pub fn digest(&self) -> &B3Digest {
+        &self.digest
+    }
+}
+
 /// Fetches, verifies and caches blob contents for the filesystem.
 pub struct BlobReader {
     client: StoreClient,

@@ -443,7 +443,10 @@ impl FileSystem for StoreFs {
         self.blobs
             .read(&blob, w, size, offset)
             .map_err(|e| match e {
-                ReadError::Store(e) => store_failure(&format!("reading inode {inode}"), &e),
+                ReadError::Store(e) => store_failure(
+                    &format!("reading inode {inode} (blob {})", blob.digest()),
+                    &e,
+                ),
                 ReadError::Local(e) => {
                     tracing::error!(error = %e, inode, "reading: local temporary file failed");
                     errno(libc::EIO)

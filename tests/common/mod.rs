@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+#[allow(unused_imports)]
 pub use tree::{compare_entry, compare_trees, sample_tree, BIG_FILE_SIZE, CHUNK_SIZE, MANY};
 
 pub const FIXTURE_BIN: &str = env!("CARGO_BIN_EXE_tvix-fixture-store");
@@ -257,7 +258,10 @@ impl Daemon {
         }
         let clean = !is_mounted(&self.mountpoint);
         if !clean {
-            let _ = Command::new("umount").arg("-l").arg(&self.mountpoint).status();
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(&self.mountpoint)
+                .status();
         }
         clean
     }

@@ -42,27 +42,57 @@ fn generate(root: &Path) {
     let pkg = root.join("hello-2.12");
     write(&pkg.join("bin/hello"), b"#!/bin/sh\necho hello\n", true);
     write(&pkg.join("share/empty"), b"", false);
-    write(&pkg.join("share/doc/name with spaces.txt"), b"spaces\n", false);
-    write(&pkg.join("share/grüße/äöü 漢字.txt"), "unicode\n".as_bytes(), false);
-    write(&pkg.join("lib/libbig.so"), &pseudo_random(1, BIG_FILE_SIZE as usize), false);
+    write(
+        &pkg.join("share/doc/name with spaces.txt"),
+        b"spaces\n",
+        false,
+    );
+    write(
+        &pkg.join("share/grüße/äöü 漢字.txt"),
+        "unicode\n".as_bytes(),
+        false,
+    );
+    write(
+        &pkg.join("lib/libbig.so"),
+        &pseudo_random(1, BIG_FILE_SIZE as usize),
+        false,
+    );
     // Over the in-memory limit and (with chunking off) a single blob.
-    write(&pkg.join("lib/medium.bin"), &pseudo_random(2, (5 << 20) + 7), false);
+    write(
+        &pkg.join("lib/medium.bin"),
+        &pseudo_random(2, (5 << 20) + 7),
+        false,
+    );
     write(&pkg.join("lib/small.bin"), &pseudo_random(3, 100_000), true);
     write(&pkg.join("deep/a/b/c/d/e/f.txt"), b"deep\n", false);
     std::fs::create_dir_all(pkg.join("share/empty-dir")).unwrap();
     link("../bin/hello", &pkg.join("links/relative"));
-    link("/nix/store/00bgd045z0d4icpbc2yyz4gx48ak44la-other/bin/x", &pkg.join("links/absolute"));
+    link(
+        "/nix/store/00bgd045z0d4icpbc2yyz4gx48ak44la-other/bin/x",
+        &pkg.join("links/absolute"),
+    );
     link("does-not-exist", &pkg.join("links/dangling"));
 
     let many = root.join("many-files-1.0").join("entries");
     std::fs::create_dir_all(&many).unwrap();
     for i in 0..MANY {
         let data = format!("entry {i}\n");
-        write(&many.join(format!("file-{i:05}")), data.as_bytes(), i % 7 == 0);
+        write(
+            &many.join(format!("file-{i:05}")),
+            data.as_bytes(),
+            i % 7 == 0,
+        );
     }
 
-    write(&root.join("single-file.txt"), b"a store path that is a file\n", false);
-    link("/nix/store/00bgd045z0d4icpbc2yyz4gx48ak44la-other", &root.join("top-link"));
+    write(
+        &root.join("single-file.txt"),
+        b"a store path that is a file\n",
+        false,
+    );
+    link(
+        "/nix/store/00bgd045z0d4icpbc2yyz4gx48ak44la-other",
+        &root.join("top-link"),
+    );
 
     // Directories get the modes a Nix store has (r-x), files keep theirs.
     for entry in walk(root) {
@@ -113,8 +143,8 @@ pub fn sample_tree() -> PathBuf {
 
 fn hash_file(path: &Path) -> blake3::Hash {
     let mut hasher = blake3::Hasher::new();
-    let mut file = std::fs::File::open(path)
-        .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+    let mut file =
+        std::fs::File::open(path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
     std::io::copy(&mut file, &mut hasher)
         .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     hasher.finalize()
@@ -157,7 +187,11 @@ pub fn compare_trees(source: &Path, served: &Path) -> usize {
     let served_names: Vec<_> = walk(served).iter().map(|p| rel(served, p)).collect();
     assert_eq!(src_names, served_names, "the served tree lists other names");
     for name in &src_names {
-        compare_entry(&source.join(name), &served.join(name), &name.display().to_string());
+        compare_entry(
+            &source.join(name),
+            &served.join(name),
+            &name.display().to_string(),
+        );
     }
     src_names.len()
 }
