@@ -287,3 +287,117 @@ pub fn read_at(file: &std::fs::File, offset: u64, len: usize) -> std::io::Result
     buf.truncate(done);
     Ok(buf)
 }
+
+/// The repository root (for the scripts under `scripts/`).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The daemon serving vhost-user on a socket, as its own process.
+pub struct VhostUserDaemon {
+    child: Option<Child>,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+}
+
+impl VhostUserDaemon {
+    pub fn start(store: &str, extra: &[&str]) -> Self {
+        let dir = scratch("vhost-user");
+        let socket = dir.join("fs.sock");
+        let log = dir.join("daemon.log");
+        let mut child = Command::new(DAEMON_BIN)
+            .arg("--socket-path")
+            .arg(&socket)
+            .arg("--store")
+            .arg(store)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("starting the daemon");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !socket.exists() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "daemon exited with {status}: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            assert!(Instant::now() < deadline, "socket did not appear");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self {
+            child: Some(child),
+            socket,
+            log,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the daemon to exit by itself; returns its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+}
+
+impl Drop for VhostUserDaemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child);
+        }
+    }
+}
+
+/// What a guest run printed and how it ended.
+pub struct GuestRun {
+    pub status: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Builds the guest once (scripts/vm/build-guest.sh skips work that is up
+/// to date) and boots it against `socket`, running `command` in the mount.
+pub fn run_guest(
+    socket: &Path,
+    command: &str,
+    timeout_secs: u32,
+    env: &[(&str, &str)],
+) -> GuestRun {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(|| {
+        let status = Command::new(repo_root().join("scripts/vm/build-guest.sh"))
+            .status()
+            .expect("running scripts/vm/build-guest.sh");
+        assert!(status.success(), "building the test guest failed");
+    });
+    let output = Command::new(repo_root().join("scripts/vm/run-guest.sh"))
+        .arg(socket)
+        .arg("store")
+        .arg(command)
+        .arg(timeout_secs.to_string())
+        .envs(env.iter().copied())
+        .output()
+        .expect("running scripts/vm/run-guest.sh");
+    GuestRun {
+        status: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}

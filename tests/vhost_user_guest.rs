@@ -1,0 +1,175 @@
+//! End to end through a real guest: QEMU boots a small Linux guest whose
+//! vhost-user-fs device is served by the daemon; the guest mounts virtio-fs
+//! and checks what it reads. Uses KVM only when ACCEL=kvm (TCG otherwise).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+/// Runs scripts/vm/tree-manifest.sh on the host over the sample tree and
+/// turns it into what the guest must see: top-level names become store
+/// path names, modes become the store's (r-x dirs, r-- or r-x files).
+fn expected_manifest(fixture: &Fixture) -> BTreeMap<String, String> {
+    let output = Command::new("sh")
+        .arg(repo_root().join("scripts/vm/tree-manifest.sh"))
+        .arg(sample_tree())
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let mut out = BTreeMap::new();
+    for line in String::from_utf8(output.stdout).unwrap().lines() {
+        let f: Vec<&str> = line.splitn(5, ' ').collect();
+        let (kind, mode, size, content, path) = (f[0], f[1], f[2], f[3], f[4]);
+        let mode = match kind {
+            "d" => "0555",
+            "l" => "0777",
+            _ if u32::from_str_radix(mode, 8).unwrap() & 0o111 != 0 => "0555",
+            _ => "0444",
+        };
+        let (top, rest) = path.split_once('/').map_or((path, ""), |(t, r)| (t, r));
+        let store_path = fixture.store_path(top);
+        let path = if rest.is_empty() {
+            store_path
+        } else {
+            format!("{store_path}/{rest}")
+        };
+        out.insert(
+            path.clone(),
+            format!("{kind} {mode} {size} {content} {path}"),
+        );
+    }
+    out
+}
+
+fn parse_manifest(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter(|l| l.len() > 10)
+        .map(|l| (l.splitn(5, ' ').nth(4).unwrap().to_string(), l.to_string()))
+        .collect()
+}
+
+#[test]
+fn guest_sees_the_tree_with_identical_checksums() {
+    let fixture = Fixture::start(&sample_tree(), &["--chunk-size", &CHUNK_SIZE.to_string()]);
+    let mut daemon = VhostUserDaemon::start(
+        &fixture.address(),
+        &["--list-root", "--num-request-queues", "2"],
+    );
+    let run = run_guest(
+        &daemon.socket,
+        "tree-manifest .",
+        900,
+        &[("NUM_QUEUES", "2")],
+    );
+    assert_eq!(
+        run.status,
+        0,
+        "guest failed:\n{}\ndaemon log:\n{}",
+        run.stderr,
+        daemon.log()
+    );
+
+    let expected = expected_manifest(&fixture);
+    let seen = parse_manifest(&run.stdout);
+    assert!(
+        expected.len() > MANY,
+        "expected manifest too small: {}",
+        expected.len()
+    );
+    let missing: Vec<_> = expected
+        .keys()
+        .filter(|k| !seen.contains_key(*k))
+        .take(5)
+        .collect();
+    let extra: Vec<_> = seen
+        .keys()
+        .filter(|k| !expected.contains_key(*k))
+        .take(5)
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "missing {missing:?}, extra {extra:?}"
+    );
+    let differing: Vec<_> = expected
+        .iter()
+        .filter(|(k, v)| seen.get(*k) != Some(v))
+        .map(|(k, v)| format!("expected {v}\n     got {}", seen[k]))
+        .take(5)
+        .collect();
+    assert!(
+        differing.is_empty(),
+        "entries differ:\n{}",
+        differing.join("\n")
+    );
+
+    // The VMM disconnected: without --persistent the daemon exits 0.
+    let status = daemon
+        .wait_exit(Duration::from_secs(20))
+        .expect("daemon still running after the guest left");
+    assert!(status.success(), "daemon exited with {status}");
+}
+
+#[test]
+fn guest_gets_eio_for_corrupt_data_and_the_daemon_keeps_serving() {
+    let tree = sample_tree();
+    let digest = Fixture::start(&tree, &[]).digest("hello-2.12/lib/small.bin");
+    let fixture = Fixture::start(&tree, &["--corrupt-blob", &digest]);
+    let pkg = fixture.store_path("hello-2.12");
+    let mut daemon = VhostUserDaemon::start(&fixture.address(), &["--persistent"]);
+
+    let command = format!(
+        "cat {pkg}/lib/small.bin > /dev/null; echo corrupt-rc=$?; \
+         cat {pkg}/bin/hello | sha256sum; \
+         ls 00bgd045z0d4icpbc2yyz4gx48ak44la-not-there 2>&1; ls not-a-store-path 2>&1; true"
+    );
+    let run = run_guest(&daemon.socket, &command, 300, &[]);
+    assert_eq!(run.status, 0, "guest failed:\n{}", run.stderr);
+    assert!(
+        run.stdout.contains("corrupt-rc=1"),
+        "corrupt read did not fail:\n{}",
+        run.stdout
+    );
+    assert!(
+        run.stderr.contains("Input/output error"),
+        "no EIO in guest:\n{}",
+        run.stderr
+    );
+    let hello = std::fs::read(tree.join("hello-2.12/bin/hello")).unwrap();
+    let sum = Command::new("sha256sum")
+        .arg(tree.join("hello-2.12/bin/hello"))
+        .output()
+        .unwrap();
+    let sum = String::from_utf8_lossy(&sum.stdout)
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(!hello.is_empty());
+    assert!(
+        run.stdout.contains(&sum),
+        "good file after a bad one:\n{}",
+        run.stdout
+    );
+    assert_eq!(
+        run.stdout.matches("No such file or directory").count(),
+        2,
+        "{}",
+        run.stdout
+    );
+    assert!(daemon.log().contains(&digest), "log does not name {digest}");
+
+    // --persistent: a second guest connects to the same daemon.
+    assert!(daemon.is_running(), "daemon exited after the first guest");
+    let again = run_guest(
+        &daemon.socket,
+        &format!("cat {pkg}/share/doc/*.txt"),
+        300,
+        &[],
+    );
+    assert_eq!(again.status, 0, "second guest failed:\n{}", again.stderr);
+    assert_eq!(again.stdout.trim(), "spaces");
+}
