@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# install-deps.sh — install what building, testing and the demo need on a
+# Debian 12 machine (run as root). Idempotent: only missing packages are
+# installed.
+#
+#   qemu-system-x86          the VMM used by the guest tests and the demo
+#   busybox-static cpio      the test guest's initramfs
+#   linux-image-cloud-amd64  the test guest's kernel (virtiofs as a module)
+#   fuse3                    /dev/fuse tooling for --mount
+#   gcc pkg-config           C parts of crates (blake3's assembly)
+#
+# Rust itself (cargo, rustc, rustfmt, clippy) is expected from rustup.
+set -euo pipefail
+
+packages=(qemu-system-x86 busybox-static cpio linux-image-cloud-amd64 fuse3 gcc pkg-config)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "+ apt-get install ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi
+command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup" >&2; exit 1; }
+[ -e /dev/fuse ] || modprobe fuse 2>/dev/null || echo "warning: /dev/fuse missing; FUSE tests will fail" >&2

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# test.sh — the whole test suite: formatting, lints, unit tests, and the
+# end-to-end tests (real gRPC fixture store, real FUSE mounts, real
+# vhost-user, a real QEMU guest). Needs root (FUSE mounts, drop_caches).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/install-deps.sh
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+scripts/vm/build-guest.sh
+cargo test --locked --all-targets
+# The benchmark harness must keep working: a tiny run of it.
+scripts/bench-guest-read.sh --smoke
