@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{ArgGroup, Parser};
 
+use crate::cache::CacheConfig;
 use crate::fs::FsConfig;
 use crate::store::{StoreAddress, StoreConfig, StoreProtocol};
 use crate::vhost_user::DeviceConfig;
@@ -96,15 +97,34 @@ pub struct Cli {
     #[arg(long, value_name = "SECS", default_value_t = 1.0)]
     pub negative_timeout: f64,
 
-    /// Bytes of verified blob chunks and Directories kept in memory
-    /// (suffixes K, M, G).
+    /// Bytes of memory for verified chunks, Directories, chunk lists and
+    /// path infos (suffixes K, M, G).
     #[arg(long, value_name = "SIZE", default_value = "128M", value_parser = parse_size)]
     pub memory_cache_size: u64,
 
-    /// Directory for large blobs that the store does not chunk (they are
-    /// fetched whole, verified, and read from there). Default: $TMPDIR.
+    /// Persistent disk cache directory, shareable by every daemon on the
+    /// host. Without it, only memory is used.
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Bound of the disk cache directory as a whole (suffixes K, M, G).
+    #[arg(long, value_name = "SIZE", default_value = "10G", value_parser = parse_size)]
+    pub disk_cache_size: u64,
+
+    /// Chunks fetched ahead of a sequential reader (0: no readahead).
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub readahead_chunks: usize,
+
+    /// Directory for large blobs the store does not chunk, when there is no
+    /// --cache-dir (they are fetched whole, verified, then read from
+    /// there). Default: $TMPDIR.
     #[arg(long, value_name = "DIR")]
     pub spool_dir: Option<PathBuf>,
+
+    /// Write cache and fetch counters here (`name value` lines), once a
+    /// second while they change and at exit.
+    #[arg(long, value_name = "FILE")]
+    pub stats_file: Option<PathBuf>,
 
     /// Log level: error, warn, info, debug, trace (RUST_LOG overrides).
     #[arg(long, default_value = "info")]
@@ -150,15 +170,22 @@ impl Cli {
     }
 
     pub fn fs_config(&self) -> anyhow::Result<FsConfig> {
-        // Directories are small and hot; chunks take the bulk.
-        let directory_cache_bytes = self.memory_cache_size / 8;
         Ok(FsConfig {
             list_root: self.list_root,
             entry_timeout: seconds(self.entry_timeout, "entry-timeout")?,
             negative_root_timeout: seconds(self.negative_timeout, "negative-timeout")?,
             keep_cache: true,
-            chunk_cache_bytes: self.memory_cache_size - directory_cache_bytes,
-            directory_cache_bytes,
+            readahead_chunks: self.readahead_chunks,
+        })
+    }
+
+    pub fn cache_config(&self) -> anyhow::Result<CacheConfig> {
+        Ok(CacheConfig {
+            memory_bytes: self.memory_cache_size,
+            disk_dir: self.cache_dir.clone(),
+            disk_bytes: self.disk_cache_size,
+            negative_ttl: seconds(self.negative_timeout, "negative-timeout")?,
+            readahead_chunks: self.readahead_chunks,
             spool_dir: self.spool_dir.clone(),
         })
     }

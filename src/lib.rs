@@ -1,6 +1,7 @@
 //! tvix-virtiofsd: a read-only virtio-fs daemon serving a Nix store from a
 //! remote tvix-store.
 
+pub mod cache;
 pub mod config;
 pub mod fs;
 pub mod fuse;

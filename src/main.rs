@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
+use tvix_virtiofsd::cache::{CachedStore, StatsReporter};
 use tvix_virtiofsd::config::Cli;
 use tvix_virtiofsd::fs::StoreFs;
 use tvix_virtiofsd::fuse::FuseMount;
@@ -26,6 +27,7 @@ fn main() -> anyhow::Result<()> {
 
     let store_config = cli.store_config()?;
     let fs_config = cli.fs_config()?;
+    let cache_config = cli.cache_config()?;
 
     // The runtime only drives gRPC; the filesystem's callers block on it
     // from the transport's own threads.
@@ -46,7 +48,13 @@ fn main() -> anyhow::Result<()> {
         protocol = ?store_config.protocol,
         "store"
     );
-    let fs = Arc::new(StoreFs::new(fs_config, client, runtime.handle().clone()));
+    let store = CachedStore::new(client, runtime.handle().clone(), cache_config)
+        .context("opening the cache")?;
+    if let Some(disk) = store.disk() {
+        tracing::info!(dir = %disk.root().display(), bound = cli.disk_cache_size, "disk cache");
+    }
+    let stats = StatsReporter::start(store.stats().clone(), cli.stats_file.clone());
+    let fs = Arc::new(StoreFs::new(fs_config, store));
 
     if let Some(mountpoint) = &cli.mount {
         let mount = FuseMount::mount(fs, mountpoint, cli.fuse_threads)?;
@@ -54,6 +62,7 @@ fn main() -> anyhow::Result<()> {
         runtime.block_on(wait_for_termination())?;
         mount.unmount()?;
         tracing::info!("unmounted");
+        stats.finish();
         return Ok(());
     }
 
@@ -75,6 +84,7 @@ fn main() -> anyhow::Result<()> {
         server.serve_one()?;
         tracing::info!("VMM disconnected");
         if !cli.persistent {
+            stats.finish();
             return Ok(());
         }
     }

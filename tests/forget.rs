@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use tvix_virtiofsd::cache::{CacheConfig, CachedStore};
 use tvix_virtiofsd::fs::{FsConfig, StoreFs};
 use tvix_virtiofsd::fuse::FuseMount;
 use tvix_virtiofsd::store::{StoreAddress, StoreClient, StoreConfig, StoreProtocol};
@@ -28,11 +29,8 @@ fn forgotten_inodes_are_freed() {
         let _guard = runtime.enter();
         StoreClient::new(&config).unwrap()
     };
-    let fs = Arc::new(StoreFs::new(
-        FsConfig::default(),
-        client,
-        runtime.handle().clone(),
-    ));
+    let store = CachedStore::new(client, runtime.handle().clone(), CacheConfig::default()).unwrap();
+    let fs = Arc::new(StoreFs::new(FsConfig::default(), store));
     let mountpoint = scratch("forget").join("mnt");
     std::fs::create_dir(&mountpoint).unwrap();
     let mount = FuseMount::mount(fs.clone(), &mountpoint, 2).unwrap();

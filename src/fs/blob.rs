@@ -1,56 +1,48 @@
 //! Reading file contents: a ranged read fetches only the chunks it touches,
-//! each verified on its own; a blob without finer chunking is fetched whole,
-//! verified, and served from memory when small or from an unlinked
-//! temporary file when large. Nothing reaches the guest before its digest
-//! matched.
+//! each verified on its own (through the cache layer); a blob without finer
+//! chunking is fetched whole, verified, and served from memory when small or
+//! from a file when large. Sequential readers get the next chunks fetched
+//! ahead. Nothing reaches the guest before its digest matched.
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, Write};
-use std::path::PathBuf;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
-use bytes::Bytes;
 use fuse_backend_rs::api::filesystem::ZeroCopyWriter;
 use parking_lot::Mutex;
-use tokio::runtime::Handle;
 
-use crate::store::{B3Digest, Chunk, StoreClient, StoreError};
+use crate::cache::CachedStore;
+use crate::store::{B3Digest, Chunk, StoreError};
 
 /// Blobs (or chunks) up to this size are fetched into memory; larger blobs
-/// without finer chunking are spooled to a temporary file instead.
+/// without finer chunking go to a file instead.
 pub const MAX_IN_MEMORY_BLOB: u64 = 4 << 20;
-
-#[derive(Clone)]
-struct ByteWeighter;
-
-impl quick_cache::Weighter<B3Digest, Bytes> for ByteWeighter {
-    fn weight(&self, _: &B3Digest, value: &Bytes) -> u64 {
-        value.len() as u64
-    }
-}
 
 /// How the bytes of one blob are obtained once it has been opened.
 enum BlobSource {
-    /// Pieces fetched on demand through the chunk cache (the blob itself is
-    /// the single piece when it is small and unchunked).
-    Chunks(Vec<Chunk>),
-    /// The whole blob, verified, in an unlinked temporary file.
-    Spooled(File),
+    /// Pieces fetched on demand through the cache (the blob itself is the
+    /// single piece when it is small and unchunked).
+    Chunks(Arc<Vec<Chunk>>),
+    /// The whole blob, verified, in a file.
+    File(File),
 }
 
 /// Shared by every open handle of the same blob, so concurrent readers of a
-/// large unchunked file spool it once.
+/// large unchunked file fetch it once.
 #[derive(Default)]
 struct BlobSlot {
     source: Mutex<Option<Arc<BlobSource>>>,
 }
 
-/// An open file: which blob, how long, and its shared source.
+/// An open file: which blob, how long, its shared source, and where the
+/// last read ended (to recognise sequential reading).
 pub struct OpenBlob {
     digest: B3Digest,
     size: u64,
     slot: Arc<BlobSlot>,
+    next_offset: AtomicU64,
 }
 
 impl OpenBlob {
@@ -59,32 +51,19 @@ impl OpenBlob {
     }
 }
 
-/// Fetches, verifies and caches blob contents for the filesystem.
+/// Serves file contents for the filesystem.
 pub struct BlobReader {
-    client: StoreClient,
-    runtime: Handle,
-    chunks: quick_cache::sync::Cache<B3Digest, Bytes, ByteWeighter>,
+    store: Arc<CachedStore>,
+    readahead_chunks: usize,
     slots: Mutex<HashMap<B3Digest, Weak<BlobSlot>>>,
-    spool_dir: Option<PathBuf>,
 }
 
 impl BlobReader {
-    pub fn new(
-        client: StoreClient,
-        runtime: Handle,
-        chunk_cache_bytes: u64,
-        spool_dir: Option<PathBuf>,
-    ) -> Self {
+    pub fn new(store: Arc<CachedStore>, readahead_chunks: usize) -> Self {
         Self {
-            client,
-            runtime,
-            chunks: quick_cache::sync::Cache::with_weighter(
-                (chunk_cache_bytes / (256 << 10)).max(16) as usize,
-                chunk_cache_bytes,
-                ByteWeighter,
-            ),
+            store,
+            readahead_chunks,
             slots: Mutex::new(HashMap::new()),
-            spool_dir,
         }
     }
 
@@ -100,7 +79,12 @@ impl BlobReader {
                 slot
             }
         };
-        OpenBlob { digest, size, slot }
+        OpenBlob {
+            digest,
+            size,
+            slot,
+            next_offset: AtomicU64::new(0),
+        }
     }
 
     /// Copies up to `count` bytes at `offset` of `blob` into `w`.
@@ -113,11 +97,11 @@ impl BlobReader {
     ) -> Result<usize, ReadError> {
         if blob.size == 0 {
             if blob.digest != B3Digest::of(b"") {
-                return Err(ReadError::Store(StoreError::BlobSizeMismatch {
+                return Err(ReadError::Store(Arc::new(StoreError::BlobSizeMismatch {
                     digest: blob.digest,
                     expected: 0,
                     actual: 1,
-                }));
+                })));
             }
             return Ok(0);
         }
@@ -125,20 +109,32 @@ impl BlobReader {
             return Ok(0);
         }
         let end = blob.size.min(offset.saturating_add(u64::from(count)));
+        let sequential = blob.next_offset.swap(end, Ordering::Relaxed) == offset;
         match &*self.source(blob)? {
             BlobSource::Chunks(chunks) => {
                 let first = chunks.partition_point(|c| c.offset + c.size <= offset);
                 let mut written = 0;
-                for chunk in chunks[first..].iter().take_while(|c| c.offset < end) {
-                    let data = self.chunk(chunk)?;
+                let mut last = first;
+                for (i, chunk) in chunks
+                    .iter()
+                    .enumerate()
+                    .skip(first)
+                    .take_while(|(_, c)| c.offset < end)
+                {
+                    let data = self.store.chunk(chunk).map_err(ReadError::Store)?;
                     let from = (offset.max(chunk.offset) - chunk.offset) as usize;
                     let to = (end.min(chunk.offset + chunk.size) - chunk.offset) as usize;
                     w.write_all(&data[from..to]).map_err(ReadError::Guest)?;
                     written += to - from;
+                    last = i;
+                }
+                if sequential && self.readahead_chunks > 0 {
+                    let ahead = chunks.iter().skip(last + 1).take(self.readahead_chunks);
+                    self.store.prefetch(&ahead.copied().collect::<Vec<_>>());
                 }
                 Ok(written)
             }
-            BlobSource::Spooled(file) => {
+            BlobSource::File(file) => {
                 let mut file = file.try_clone().map_err(ReadError::Local)?;
                 let len = (end - offset) as usize;
                 w.write_all_from(&mut file, len, offset)
@@ -154,57 +150,39 @@ impl BlobReader {
         if let Some(s) = source.as_ref() {
             return Ok(s.clone());
         }
+        let store_error = |e| ReadError::Store(Arc::new(e));
         let chunks = self
-            .runtime
-            .block_on(self.client.blob_chunks(&blob.digest, blob.size))?;
-        let whole = [Chunk {
-            digest: blob.digest,
-            offset: 0,
-            size: blob.size,
-        }];
-        let new = if chunks.iter().all(|c| c.size <= MAX_IN_MEMORY_BLOB) && !chunks.is_empty() {
+            .store
+            .chunk_list(&blob.digest, blob.size)
+            .map_err(store_error)?;
+        let new = if !chunks.is_empty() && chunks.iter().all(|c| c.size <= MAX_IN_MEMORY_BLOB) {
             BlobSource::Chunks(chunks)
         } else if blob.size <= MAX_IN_MEMORY_BLOB {
-            BlobSource::Chunks(whole.to_vec())
+            BlobSource::Chunks(Arc::new(vec![Chunk {
+                digest: blob.digest,
+                offset: 0,
+                size: blob.size,
+            }]))
         } else {
-            BlobSource::Spooled(self.spool(&blob.digest, blob.size)?)
+            BlobSource::File(
+                self.store
+                    .blob_file(&blob.digest, blob.size)
+                    .map_err(store_error)?,
+            )
         };
         let new = Arc::new(new);
         *source = Some(new.clone());
         Ok(new)
     }
-
-    /// One chunk's verified bytes; concurrent readers share one fetch.
-    fn chunk(&self, chunk: &Chunk) -> Result<Bytes, ReadError> {
-        self.chunks.get_or_insert_with(&chunk.digest, || {
-            self.runtime
-                .block_on(self.client.read_blob_to_memory(&chunk.digest, chunk.size))
-                .map_err(ReadError::Store)
-        })
-    }
-
-    /// Fetches a whole blob into an unlinked temporary file.
-    fn spool(&self, digest: &B3Digest, size: u64) -> Result<File, ReadError> {
-        let mut file = match &self.spool_dir {
-            Some(dir) => tempfile::tempfile_in(dir),
-            None => tempfile::tempfile(),
-        }
-        .map_err(ReadError::Local)?;
-        self.runtime.block_on(
-            self.client
-                .read_blob(digest, size, |piece| file.write_all(piece)),
-        )?;
-        Ok(file)
-    }
 }
 
-/// Why a read failed: the store (EIO, logged with the digest), this host
-/// (EIO) or the guest's buffer (its own errno).
+/// Why a read failed: the store or cache (EIO, logged with the digest),
+/// this host (EIO) or the guest's buffer (its own errno).
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
     #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("temporary file for a blob: {0}")]
+    Store(Arc<StoreError>),
+    #[error("local file for a blob: {0}")]
     Local(io::Error),
     #[error("copying to the guest: {0}")]
     Guest(io::Error),

@@ -9,7 +9,6 @@ mod inode;
 use std::collections::HashMap;
 use std::ffi::CStr;
 use std::io;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,9 +19,9 @@ use fuse_backend_rs::api::filesystem::{
     OpenOptions, ZeroCopyReader, ZeroCopyWriter,
 };
 use parking_lot::Mutex;
-use tokio::runtime::Handle;
 
-use crate::store::{store_path, B3Digest, DirEntry, Directory, Node, StoreClient, StoreError};
+use crate::cache::CachedStore;
+use crate::store::{store_path, B3Digest, DirEntry, Directory, Node, StoreError};
 pub use blob::MAX_IN_MEMORY_BLOB;
 use blob::{BlobReader, OpenBlob, ReadError};
 use inode::InodeTable;
@@ -49,12 +48,8 @@ pub struct FsConfig {
     pub negative_root_timeout: Duration,
     /// Keep the guest page cache across opens (FOPEN_KEEP_CACHE).
     pub keep_cache: bool,
-    /// Bytes of verified chunks kept in memory.
-    pub chunk_cache_bytes: u64,
-    /// Bytes of validated Directories kept in memory.
-    pub directory_cache_bytes: u64,
-    /// Where large unchunked blobs are spooled (default: $TMPDIR).
-    pub spool_dir: Option<PathBuf>,
+    /// Chunks fetched ahead of a sequential reader (0: none).
+    pub readahead_chunks: usize,
 }
 
 impl Default for FsConfig {
@@ -64,19 +59,8 @@ impl Default for FsConfig {
             entry_timeout: Duration::from_secs(24 * 3600),
             negative_root_timeout: Duration::from_secs(1),
             keep_cache: true,
-            chunk_cache_bytes: 64 << 20,
-            directory_cache_bytes: 16 << 20,
-            spool_dir: None,
+            readahead_chunks: 8,
         }
-    }
-}
-
-#[derive(Clone)]
-struct DirectoryWeighter;
-
-impl quick_cache::Weighter<B3Digest, Arc<Directory>> for DirectoryWeighter {
-    fn weight(&self, _: &B3Digest, value: &Arc<Directory>) -> u64 {
-        value.approximate_size_in_bytes() as u64
     }
 }
 
@@ -98,10 +82,8 @@ impl DirListing {
 /// The filesystem served to the guest.
 pub struct StoreFs {
     config: FsConfig,
-    client: StoreClient,
-    runtime: Handle,
+    store: Arc<CachedStore>,
     inodes: InodeTable,
-    directories: quick_cache::sync::Cache<B3Digest, Arc<Directory>, DirectoryWeighter>,
     blobs: BlobReader,
     next_handle: AtomicU64,
     open_files: Mutex<HashMap<u64, Arc<OpenBlob>>>,
@@ -128,26 +110,14 @@ fn store_failure(context: &str, e: &StoreError) -> io::Error {
 }
 
 impl StoreFs {
-    /// `runtime` drives the gRPC calls; the filesystem's methods block on it
-    /// and so must be called from threads outside the runtime.
-    pub fn new(config: FsConfig, client: StoreClient, runtime: Handle) -> Self {
-        let blobs = BlobReader::new(
-            client.clone(),
-            runtime.clone(),
-            config.chunk_cache_bytes,
-            config.spool_dir.clone(),
-        );
+    /// The filesystem's methods block on store calls, so they must be
+    /// called from threads outside the store client's async runtime.
+    pub fn new(config: FsConfig, store: Arc<CachedStore>) -> Self {
         Self {
-            directories: quick_cache::sync::Cache::with_weighter(
-                1024,
-                config.directory_cache_bytes,
-                DirectoryWeighter,
-            ),
+            blobs: BlobReader::new(store.clone(), config.readahead_chunks),
             config,
-            client,
-            runtime,
+            store,
             inodes: InodeTable::default(),
-            blobs,
             next_handle: AtomicU64::new(1),
             open_files: Mutex::new(HashMap::new()),
             open_dirs: Mutex::new(HashMap::new()),
@@ -166,27 +136,9 @@ impl StoreFs {
 
     /// A validated Directory, from the cache or the store.
     fn directory(&self, digest: &B3Digest, size: u64) -> io::Result<Arc<Directory>> {
-        let dir = self
-            .directories
-            .get_or_insert_with(digest, || {
-                self.runtime
-                    .block_on(self.client.directory(digest, Some(size)))
-                    .map(Arc::new)
-            })
-            .map_err(|e| store_failure("reading a directory", &e))?;
-        if dir.size != size {
-            // A cached Directory reached through a parent that disagrees
-            // about its size: that parent is corrupt.
-            let e = StoreError::InvalidDirectory {
-                digest: *digest,
-                source: crate::store::directory::ValidationError::SizeMismatch {
-                    expected: size,
-                    actual: dir.size,
-                },
-            };
-            return Err(store_failure("reading a directory", &e));
-        }
-        Ok(dir)
+        self.store
+            .directory(digest, size)
+            .map_err(|e| store_failure("reading a directory", &e))
     }
 
     fn attr(&self, inode: u64, kind: &InodeKind) -> stat64 {
@@ -247,7 +199,7 @@ impl StoreFs {
             return Ok(Self::negative(self.config.entry_timeout));
         };
         let shown = String::from_utf8_lossy(name);
-        match self.runtime.block_on(self.client.path_info(hash, name)) {
+        match self.store.path_info(hash, name) {
             Ok(Some(found)) => {
                 let ino = self.inodes.lookup(ROOT_INODE, &found.name, &found.node);
                 Ok(self.entry(ino, &InodeKind::Node(found.node)))
@@ -268,8 +220,8 @@ impl StoreFs {
         match self.kind(inode)? {
             InodeKind::Root if self.config.list_root => {
                 let entries = self
-                    .runtime
-                    .block_on(self.client.list_path_infos(MAX_ROOT_LISTING))
+                    .store
+                    .list_path_infos(MAX_ROOT_LISTING)
                     .map_err(|e| store_failure("listing the store paths", &e))?;
                 Ok(DirListing::Root(Arc::new(entries)))
             }

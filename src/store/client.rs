@@ -8,6 +8,7 @@ use std::io;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use prost::Message;
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -140,7 +141,7 @@ impl StoreClient {
     async fn bounded<T>(
         &self,
         call: &'static str,
-        subject: &dyn std::fmt::Display,
+        subject: &(dyn std::fmt::Display + Sync),
         fut: impl Future<Output = Result<T, tonic::Status>>,
     ) -> Result<T> {
         match tokio::time::timeout(self.timeout, fut).await {
@@ -240,12 +241,13 @@ impl StoreClient {
     }
 
     /// Fetches one Directory and validates it against `digest` and, when the
-    /// parent node gave one, its `expected_size`.
+    /// parent node gave one, its `expected_size`. Also returns its canonical
+    /// encoding (what the disk cache keeps).
     pub async fn directory(
         &self,
         digest: &B3Digest,
         expected_size: Option<u64>,
-    ) -> Result<Directory> {
+    ) -> Result<(Directory, Bytes)> {
         let mut client = self.directories.clone();
         let request = GetDirectoryRequest {
             by_what: Some(get_directory_request::ByWhat::Digest(
@@ -269,12 +271,13 @@ impl StoreClient {
             }
             Err(e) => return Err(e),
         };
-        validate_directory(&first, digest, expected_size).map_err(|source| {
+        let directory = validate_directory(&first, digest, expected_size).map_err(|source| {
             StoreError::InvalidDirectory {
                 digest: *digest,
                 source,
             }
-        })
+        })?;
+        Ok((directory, Bytes::from(first.encode_to_vec())))
     }
 
     /// The chunks of a blob of `size` bytes, or an empty list when the store
