@@ -440,6 +440,11 @@ impl CachedStore {
                 .fetch_add(1, Ordering::Relaxed);
             return running.clone();
         }
+        // A fetch puts its result in memory before it leaves `in_flight`,
+        // so one that finished since the caller looked is seen here.
+        if let Some(data) = self.chunks.peek(&chunk.digest) {
+            return futures::future::ready(Ok(data)).boxed().shared();
+        }
         let this = self.clone();
         let chunk = *chunk;
         let fetch = async move {

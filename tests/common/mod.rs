@@ -158,14 +158,16 @@ impl Fixture {
 
     /// Call counts per RPC method.
     pub fn stats(&self) -> std::collections::HashMap<String, u64> {
-        std::fs::read_to_string(self.dir.join("stats"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| {
-                let (k, v) = l.split_once(' ')?;
-                Some((k.to_string(), v.trim().parse().ok()?))
-            })
-            .collect()
+        read_counters(&self.dir.join("stats"))
+    }
+
+    /// Calls that fetch content: blob stat/read and directory get.
+    pub fn content_calls(&self) -> u64 {
+        let s = self.stats();
+        ["blob_stat", "blob_read", "directory_get"]
+            .iter()
+            .map(|k| s.get(*k).copied().unwrap_or(0))
+            .sum()
     }
 
     pub fn stop(&mut self) {
@@ -242,6 +244,10 @@ impl Daemon {
         self.mountpoint.join(relative)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("daemon not running").id()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -271,6 +277,33 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Parses `name value` lines (the stats files of the fixture and daemon).
+pub fn read_counters(path: &Path) -> std::collections::HashMap<String, u64> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            Some((k.to_string(), v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Total bytes of the files below `dir`.
+pub fn dir_size(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 /// Reads exactly `len` bytes at `offset` (fewer at end of file).

@@ -1,0 +1,359 @@
+//! The local cache, through real FUSE mounts of daemon processes against the
+//! fixture store: sharing one disk cache between daemons, its size bound,
+//! corruption on disk, serving while the store is down, one fetch per chunk
+//! for concurrent readers, and bounded memory.
+
+mod common;
+
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+
+const PKG: &str = "hello-2.12";
+
+fn chunked(tree: &Path) -> Fixture {
+    Fixture::start(tree, &["--chunk-size", &CHUNK_SIZE.to_string()])
+}
+
+fn cache_args(cache: &Path) -> Vec<String> {
+    vec!["--cache-dir".into(), cache.display().to_string()]
+}
+
+fn mount_with(fixture: &Fixture, args: &[String]) -> Daemon {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Daemon::mount(&fixture.address(), &args)
+}
+
+/// Reads every store path of the sample tree and compares it with the source.
+fn read_everything(daemon: &Daemon, fixture: &Fixture) {
+    let tree = sample_tree();
+    for entry in std::fs::read_dir(&tree).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        let served = daemon.path(&fixture.store_path(&name));
+        compare_entry(&tree.join(&name), &served, &name);
+        if served.is_dir() {
+            compare_trees(&tree.join(&name), &served);
+        }
+    }
+}
+
+#[test]
+fn second_daemon_on_a_shared_cache_makes_no_content_calls() {
+    let fixture = chunked(&sample_tree());
+    let cache = scratch("shared-cache");
+    let mut first = mount_with(&fixture, &cache_args(&cache));
+    read_everything(&first, &fixture);
+    first.stop();
+    let after_first = fixture.stats();
+    assert!(
+        fixture.content_calls() > MANY as u64 / 100,
+        "the first daemon fetched nothing?"
+    );
+
+    let second = mount_with(&fixture, &cache_args(&cache));
+    read_everything(&second, &fixture);
+    let after_second = fixture.stats();
+    for call in ["blob_stat", "blob_read", "directory_get", "pathinfo_get"] {
+        assert_eq!(
+            after_first.get(call),
+            after_second.get(call),
+            "{call}: the second daemon went to the store"
+        );
+    }
+}
+
+#[test]
+fn daemons_sharing_a_cache_at_once_serve_correct_data() {
+    let fixture = chunked(&sample_tree());
+    let cache = scratch("concurrent-cache");
+    let a = mount_with(&fixture, &cache_args(&cache));
+    let b = mount_with(&fixture, &cache_args(&cache));
+    std::thread::scope(|s| {
+        s.spawn(|| read_everything(&a, &fixture));
+        s.spawn(|| read_everything(&b, &fixture));
+    });
+}
+
+#[test]
+fn disk_cache_stays_within_its_bound() {
+    let tree = sample_tree();
+    let fixture = chunked(&tree);
+    let cache = scratch("bounded-cache");
+    let bound: u64 = 16 << 20;
+    let slack = bound / 16;
+    let mut args = cache_args(&cache);
+    args.extend([
+        "--disk-cache-size".into(),
+        bound.to_string(),
+        "--memory-cache-size".into(),
+        "8M".into(),
+    ]);
+    let daemon = mount_with(&fixture, &args);
+
+    let largest = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (largest, done, cache) = (largest.clone(), done.clone(), cache.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                largest.fetch_max(dir_size(&cache), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    // More than four times the bound, twice.
+    let pkg = daemon.path(&fixture.store_path(PKG));
+    let source = std::fs::read(tree.join(PKG).join("lib/libbig.so")).unwrap();
+    for _ in 0..2 {
+        let served = read_direct(&pkg.join("lib/libbig.so"));
+        assert!(served == source, "content differs under eviction");
+    }
+    done.store(true, Ordering::Relaxed);
+    watcher.join().unwrap();
+    let largest = largest.load(Ordering::Relaxed);
+    // One chunk may be on its way into place while a scan runs.
+    let allowed = bound + slack + CHUNK_SIZE;
+    assert!(
+        largest <= allowed,
+        "cache reached {largest} bytes, bound {bound} + slack {slack}"
+    );
+    assert!(
+        largest > bound / 2,
+        "cache never filled ({largest} bytes): test proves nothing"
+    );
+}
+
+/// Reads a whole file with O_DIRECT (past the kernel page cache), 1 MiB at a time.
+fn read_direct(path: &Path) -> Vec<u8> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .unwrap();
+    let len = file.metadata().unwrap().len();
+    let mut out = Vec::with_capacity(len as usize);
+    let mut offset = 0;
+    while offset < len {
+        let piece = read_at(&file, offset, 1 << 20).unwrap();
+        assert!(!piece.is_empty());
+        offset += piece.len() as u64;
+        out.extend_from_slice(&piece);
+    }
+    out
+}
+
+fn chunk_files(cache: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let chunks = cache.join("v1/chunks");
+    for fan in std::fs::read_dir(chunks).unwrap().flatten() {
+        for f in std::fs::read_dir(fan.path()).unwrap().flatten() {
+            out.push(f.path());
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_flipped_byte_on_disk_is_detected_and_never_served() {
+    let tree = sample_tree();
+    let mut fixture = chunked(&tree);
+    let cache = scratch("corrupt-cache");
+    let relative = "lib/small.bin";
+    let source = std::fs::read(tree.join(PKG).join(relative)).unwrap();
+    let mut daemon = mount_with(&fixture, &cache_args(&cache));
+    let file = daemon.path(&fixture.store_path(PKG)).join(relative);
+    assert_eq!(std::fs::read(&file).unwrap(), source);
+    daemon.stop();
+
+    // small.bin is one unchunked blob: its cache file is named by its digest.
+    let digest = fixture.digest(&format!("{PKG}/{relative}"));
+    let cached = cache.join("v1/chunks").join(&digest[..2]).join(&digest);
+    let flip = |path: &Path| {
+        let mut bytes = std::fs::read(path).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x01;
+        std::fs::write(path, bytes).unwrap();
+    };
+    flip(&cached);
+
+    // Store up: the right bytes, refetched; the failure is counted.
+    let stats_file = scratch("stats").join("stats");
+    let mut args = cache_args(&cache);
+    args.extend(["--stats-file".into(), stats_file.display().to_string()]);
+    let mut daemon = mount_with(&fixture, &args);
+    let before = fixture.stats().get("blob_read").copied().unwrap_or(0);
+    assert_eq!(
+        std::fs::read(daemon.path(&fixture.store_path(PKG)).join(relative)).unwrap(),
+        source
+    );
+    assert_eq!(
+        fixture.stats().get("blob_read").copied().unwrap_or(0),
+        before + 1,
+        "not refetched"
+    );
+    assert!(
+        daemon.log().contains("failed verification"),
+        "{}",
+        daemon.log()
+    );
+    daemon.stop();
+    assert!(read_counters(&stats_file)["verification_failures"] >= 1);
+
+    // Store down: EIO, never the flipped bytes.
+    flip(&cached);
+    fixture.stop();
+    let daemon = mount_with(&fixture, &cache_args(&cache));
+    let err = std::fs::read(daemon.path(&fixture.store_path(PKG)).join(relative)).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+}
+
+#[test]
+fn serves_everything_cached_while_the_store_is_down() {
+    let tree = sample_tree();
+    let mut fixture = chunked(&tree);
+    let cache = scratch("offline-cache");
+    let mut daemon = mount_with(&fixture, &cache_args(&cache));
+    // Populate: everything but one file, which stays uncached.
+    let pkg = fixture.store_path(PKG);
+    for entry in std::fs::read_dir(&tree).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        let served = daemon.path(&fixture.store_path(&name));
+        if name != PKG {
+            compare_entry(&tree.join(&name), &served, &name);
+            if served.is_dir() {
+                compare_trees(&tree.join(&name), &served);
+            }
+        }
+    }
+    let pkg_dir = daemon.path(&pkg);
+    for relative in [
+        "bin/hello",
+        "lib/libbig.so",
+        "lib/medium.bin",
+        "share/doc/name with spaces.txt",
+    ] {
+        compare_entry(
+            &tree.join(PKG).join(relative),
+            &pkg_dir.join(relative),
+            relative,
+        );
+    }
+    daemon.stop();
+    fixture.stop();
+
+    // A new daemon, the store down: all of that is served from disk.
+    let mut args = cache_args(&cache);
+    args.extend(["--store-timeout".into(), "2".into()]);
+    let daemon = mount_with(&fixture, &args);
+    let many = fixture.store_path("many-files-1.0");
+    compare_trees(&tree.join("many-files-1.0"), &daemon.path(&many));
+    let pkg_dir = daemon.path(&pkg);
+    for relative in [
+        "bin/hello",
+        "lib/libbig.so",
+        "lib/medium.bin",
+        "share/doc/name with spaces.txt",
+    ] {
+        compare_entry(
+            &tree.join(PKG).join(relative),
+            &pkg_dir.join(relative),
+            relative,
+        );
+    }
+    // Never fetched: EIO, the daemon still serving.
+    let uncached = pkg_dir.join("lib/small.bin");
+    assert_eq!(
+        std::fs::read(&uncached).unwrap_err().raw_os_error(),
+        Some(libc::EIO)
+    );
+    assert!(pkg_dir.join("bin/hello").exists());
+
+    // The store returns: uncached content is fetched, no restart needed.
+    fixture.restart();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match std::fs::read(&uncached) {
+            Ok(data) => {
+                assert_eq!(
+                    data,
+                    std::fs::read(tree.join(PKG).join("lib/small.bin")).unwrap()
+                );
+                break;
+            }
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(200))
+            }
+            Err(e) => panic!("store is back but the read still fails: {e}"),
+        }
+    }
+}
+
+#[test]
+fn concurrent_readers_of_a_cold_file_fetch_each_chunk_once() {
+    let tree = sample_tree();
+    let fixture = chunked(&tree);
+    let daemon = Daemon::mount(&fixture.address(), &[]);
+    let file = daemon.path(&fixture.store_path(PKG)).join("lib/libbig.so");
+    let source = std::fs::read(tree.join(PKG).join("lib/libbig.so")).unwrap();
+    let before = fixture.stats().get("blob_read").copied().unwrap_or(0);
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| assert!(read_direct(&file) == source, "a reader got wrong bytes"));
+        }
+    });
+    let reads = fixture.stats().get("blob_read").copied().unwrap_or(0) - before;
+    let chunks = BIG_FILE_SIZE.div_ceil(CHUNK_SIZE);
+    assert_eq!(
+        reads, chunks,
+        "{reads} chunk fetches for {chunks} chunks and 8 readers"
+    );
+}
+
+#[test]
+fn reading_two_gib_keeps_memory_bounded() {
+    // A tree of its own: one 2 GiB file of distinct chunks.
+    let dir = scratch("two-gib");
+    let pkg = dir.join("big-data-1");
+    std::fs::create_dir(&pkg).unwrap();
+    {
+        use std::io::Write;
+        let mut out = std::io::BufWriter::new(std::fs::File::create(pkg.join("blob")).unwrap());
+        let pattern = tree::pseudo_random(9, 1 << 20);
+        for block in 0..2048u64 {
+            let mut piece = pattern.clone();
+            piece[..8].copy_from_slice(&block.to_le_bytes());
+            out.write_all(&piece).unwrap();
+        }
+    }
+    let fixture = chunked(&dir);
+    let daemon = Daemon::mount(&fixture.address(), &["--memory-cache-size", "64M"]);
+    let served = daemon.path(&fixture.store_path("big-data-1")).join("blob");
+
+    let mut hasher = blake3::Hasher::new();
+    let mut file = std::fs::File::open(&served).unwrap();
+    let copied = std::io::copy(&mut file, &mut hasher).unwrap();
+    assert_eq!(copied, 2 << 30);
+    let mut expected = blake3::Hasher::new();
+    expected
+        .update_reader(std::fs::File::open(pkg.join("blob")).unwrap())
+        .unwrap();
+    assert_eq!(hasher.finalize(), expected.finalize(), "content differs");
+
+    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid())).unwrap();
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status");
+    let limit_kib = (64 + 48) << 10;
+    assert!(
+        peak_kib < limit_kib,
+        "daemon peak RSS {peak_kib} KiB over {limit_kib} KiB"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
