@@ -6,7 +6,7 @@
 mod common;
 
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -143,18 +143,6 @@ fn read_direct(path: &Path) -> Vec<u8> {
         offset += piece.len() as u64;
         out.extend_from_slice(&piece);
     }
-    out
-}
-
-fn chunk_files(cache: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let chunks = cache.join("v1/chunks");
-    for fan in std::fs::read_dir(chunks).unwrap().flatten() {
-        for f in std::fs::read_dir(fan.path()).unwrap().flatten() {
-            out.push(f.path());
-        }
-    }
-    out.sort();
     out
 }
 
