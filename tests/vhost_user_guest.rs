@@ -10,13 +10,17 @@ use std::time::Duration;
 
 use common::*;
 
-/// Runs scripts/vm/tree-manifest.sh on the host over the sample tree and
-/// turns it into what the guest must see: top-level names become store
-/// path names, modes become the store's (r-x dirs, r-- or r-x files).
-fn expected_manifest(fixture: &Fixture) -> BTreeMap<String, String> {
+/// Runs scripts/vm/tree-manifest.sh on the host over `root` and turns it
+/// into what the guest must see: modes become the store's (r-x dirs, r-- or
+/// r-x files) and, with a fixture given, top-level names become store path
+/// names.
+fn expected_manifest(
+    root: &std::path::Path,
+    fixture: Option<&Fixture>,
+) -> BTreeMap<String, String> {
     let output = Command::new("sh")
         .arg(repo_root().join("scripts/vm/tree-manifest.sh"))
-        .arg(sample_tree())
+        .arg(root)
         .output()
         .unwrap();
     assert!(output.status.success());
@@ -30,12 +34,17 @@ fn expected_manifest(fixture: &Fixture) -> BTreeMap<String, String> {
             _ if u32::from_str_radix(mode, 8).unwrap() & 0o111 != 0 => "0555",
             _ => "0444",
         };
-        let (top, rest) = path.split_once('/').map_or((path, ""), |(t, r)| (t, r));
-        let store_path = fixture.store_path(top);
-        let path = if rest.is_empty() {
-            store_path
-        } else {
-            format!("{store_path}/{rest}")
+        let path = match fixture {
+            Some(fixture) => {
+                let (top, rest) = path.split_once('/').map_or((path, ""), |(t, r)| (t, r));
+                let store_path = fixture.store_path(top);
+                if rest.is_empty() {
+                    store_path
+                } else {
+                    format!("{store_path}/{rest}")
+                }
+            }
+            None => path.to_string(),
         };
         out.insert(
             path.clone(),
@@ -43,6 +52,36 @@ fn expected_manifest(fixture: &Fixture) -> BTreeMap<String, String> {
         );
     }
     out
+}
+
+/// Asserts that the manifest the guest printed equals `expected`.
+fn assert_same_manifest(expected: &BTreeMap<String, String>, guest_stdout: &str) {
+    let seen = parse_manifest(guest_stdout);
+    let missing: Vec<_> = expected
+        .keys()
+        .filter(|k| !seen.contains_key(*k))
+        .take(5)
+        .collect();
+    let extra: Vec<_> = seen
+        .keys()
+        .filter(|k| !expected.contains_key(*k))
+        .take(5)
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "missing {missing:?}, extra {extra:?}"
+    );
+    let differing: Vec<_> = expected
+        .iter()
+        .filter(|(k, v)| seen.get(*k) != Some(v))
+        .map(|(k, v)| format!("expected {v}\n     got {}", seen[k]))
+        .take(5)
+        .collect();
+    assert!(
+        differing.is_empty(),
+        "entries differ:\n{}",
+        differing.join("\n")
+    );
 }
 
 fn parse_manifest(text: &str) -> BTreeMap<String, String> {
@@ -73,38 +112,13 @@ fn guest_sees_the_tree_with_identical_checksums() {
         daemon.log()
     );
 
-    let expected = expected_manifest(&fixture);
-    let seen = parse_manifest(&run.stdout);
+    let expected = expected_manifest(&sample_tree(), Some(&fixture));
     assert!(
         expected.len() > MANY,
         "expected manifest too small: {}",
         expected.len()
     );
-    let missing: Vec<_> = expected
-        .keys()
-        .filter(|k| !seen.contains_key(*k))
-        .take(5)
-        .collect();
-    let extra: Vec<_> = seen
-        .keys()
-        .filter(|k| !expected.contains_key(*k))
-        .take(5)
-        .collect();
-    assert!(
-        missing.is_empty() && extra.is_empty(),
-        "missing {missing:?}, extra {extra:?}"
-    );
-    let differing: Vec<_> = expected
-        .iter()
-        .filter(|(k, v)| seen.get(*k) != Some(v))
-        .map(|(k, v)| format!("expected {v}\n     got {}", seen[k]))
-        .take(5)
-        .collect();
-    assert!(
-        differing.is_empty(),
-        "entries differ:\n{}",
-        differing.join("\n")
-    );
+    assert_same_manifest(&expected, &run.stdout);
 
     // The VMM disconnected: without --persistent the daemon exits 0.
     let status = daemon
@@ -172,4 +186,60 @@ fn guest_gets_eio_for_corrupt_data_and_the_daemon_keeps_serving() {
     );
     assert_eq!(again.status, 0, "second guest failed:\n{}", again.stderr);
     assert_eq!(again.stdout.trim(), "spaces");
+}
+
+#[test]
+fn guest_reads_the_disk_cache_while_the_store_is_down() {
+    let tree = sample_tree();
+    let mut fixture = Fixture::start(&tree, &["--chunk-size", &CHUNK_SIZE.to_string()]);
+    let cache = scratch("guest-offline-cache");
+    let cache_arg = cache.display().to_string();
+    let pkg = fixture.store_path("hello-2.12");
+    {
+        // Populate the cache through a FUSE mount of another daemon.
+        let daemon = Daemon::mount(&fixture.address(), &["--cache-dir", &cache_arg]);
+        compare_trees(&tree.join("hello-2.12"), &daemon.path(&pkg));
+    }
+    fixture.stop();
+
+    let mut daemon = VhostUserDaemon::start(
+        &fixture.address(),
+        &[
+            "--cache-dir",
+            &cache_arg,
+            "--store-timeout",
+            "2",
+            "--persistent",
+        ],
+    );
+    let other = fixture.store_path("single-file.txt");
+    let command =
+        format!("(cd {pkg} && tree-manifest .); cat {other} >/dev/null 2>&1; echo uncached-rc=$?");
+    let run = run_guest(&daemon.socket, &command, 300, &[]);
+    assert_eq!(
+        run.status,
+        0,
+        "guest failed:\n{}\ndaemon log:\n{}",
+        run.stderr,
+        daemon.log()
+    );
+    let (manifest, rest) = run
+        .stdout
+        .split_at(run.stdout.find("uncached-rc=").expect("no rc line"));
+    assert_same_manifest(&expected_manifest(&tree.join("hello-2.12"), None), manifest);
+    assert_eq!(
+        rest.trim(),
+        "uncached-rc=1",
+        "uncached content did not fail while the store was down"
+    );
+
+    // The store returns: the same daemon serves what it never had.
+    fixture.restart();
+    let run = run_guest(&daemon.socket, &format!("cat {other}"), 300, &[]);
+    assert_eq!(run.status, 0, "guest failed:\n{}", run.stderr);
+    assert_eq!(
+        run.stdout,
+        std::fs::read_to_string(tree.join("single-file.txt")).unwrap()
+    );
+    assert!(daemon.is_running());
 }
