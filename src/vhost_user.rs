@@ -11,6 +11,9 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread;
 
+use std::mem::size_of;
+
+use fuse_backend_rs::abi::fuse_abi::{InHeader, OutHeader};
 use fuse_backend_rs::api::filesystem::FileSystem;
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
@@ -22,7 +25,10 @@ use virtio_bindings::bindings::virtio_ring::{
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
 use virtio_queue::{DescriptorChain, QueueOwnedT};
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap};
+use vm_memory::{
+    ByteValued, Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard,
+    GuestMemoryMmap,
+};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
@@ -99,14 +105,16 @@ struct FsBackend<F: FileSystem + Send + Sync + 'static> {
 }
 
 /// Handles one request and returns the number of bytes written to the
-/// guest. A malformed chain or message is logged and answered with no data
-/// (the server replies with an errno where it still can); the daemon goes on.
+/// guest. A malformed chain or message is logged and answered with no data,
+/// or with the errno reply the server still managed to write; the daemon
+/// goes on.
 fn handle_chain<F: FileSystem + Send + Sync>(
     server: &Server<Arc<F>>,
     mem: &GuestMemoryMmap,
     chain: Chain,
 ) -> u32 {
     let head = chain.head_index();
+    let reply_header = ReplyHeaderSlot::prepare(mem, &chain);
     let reader = match Reader::from_descriptor_chain(mem, chain.clone()) {
         Ok(r) => r,
         Err(e) => {
@@ -124,7 +132,55 @@ fn handle_chain<F: FileSystem + Send + Sync>(
     match server.handle_message(reader, writer, None, None) {
         Ok(len) => u32::try_from(len).unwrap_or(u32::MAX),
         Err(e) => {
-            tracing::warn!(head, error = %e, "malformed FUSE message; dropped");
+            // The server answers some malformed requests with an errno and
+            // still returns an error (e.g. a name without its NUL): report
+            // that reply's length so the guest driver sees it.
+            let replied = reply_header.map_or(0, |slot| slot.error_reply_len(mem));
+            tracing::warn!(head, error = %e, replied, "malformed FUSE message");
+            replied
+        }
+    }
+}
+
+/// Where the reply header of a request goes and what it held before, to
+/// tell afterwards whether the server wrote an error reply there. (Guest
+/// memory is left untouched: a dropped request must not look answered.)
+struct ReplyHeaderSlot {
+    addr: GuestAddress,
+    unique: u64,
+    before: OutHeader,
+}
+
+impl ReplyHeaderSlot {
+    fn prepare(mem: &GuestMemoryMmap, chain: &Chain) -> Option<Self> {
+        let request = chain.clone().find(|d| !d.is_write_only())?;
+        let reply = chain.clone().find(|d| d.is_write_only())?;
+        if (request.len() as usize) < size_of::<InHeader>()
+            || (reply.len() as usize) < size_of::<OutHeader>()
+        {
+            return None;
+        }
+        let header: InHeader = mem.read_obj(request.addr()).ok()?;
+        Some(Self {
+            addr: reply.addr(),
+            unique: header.unique,
+            before: mem.read_obj(reply.addr()).ok()?,
+        })
+    }
+
+    /// The length of an errno-only reply written to this request, or 0.
+    fn error_reply_len(&self, mem: &GuestMemoryMmap) -> u32 {
+        let Ok(now) = mem.read_obj::<OutHeader>(self.addr) else {
+            return 0;
+        };
+        let changed = now.as_slice() != self.before.as_slice();
+        if changed
+            && now.unique == self.unique
+            && now.error < 0
+            && now.len as usize == size_of::<OutHeader>()
+        {
+            now.len
+        } else {
             0
         }
     }
@@ -260,6 +316,10 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserBackend for FsBackend<F> {
                 "event for unknown queue {device_event} on thread {thread_id}"
             )));
         };
+        // A failure here is the guest's doing (e.g. an available index more
+        // than a queue ahead) and lasts until it rewrites its ring: log it
+        // and wait for the next kick. Returning an error would end this
+        // queue's worker thread for good; retrying at once would spin.
         if self.event_idx.load(Ordering::Relaxed) {
             // With EVENT_IDX the guest does not kick again for requests that
             // arrive while we work: drain until the queue stays empty.
@@ -267,18 +327,20 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserBackend for FsBackend<F> {
                 vring
                     .disable_notification()
                     .map_err(|e| io::Error::other(e.to_string()))?;
-                if let Err(e) = self.process_queue(vring) {
-                    tracing::error!(queue = thread_id, error = %e, "processing a queue failed");
-                }
-                if !vring
+                let processed = self.process_queue(vring);
+                let more = vring
                     .enable_notification()
-                    .map_err(|e| io::Error::other(e.to_string()))?
-                {
+                    .map_err(|e| io::Error::other(e.to_string()))?;
+                if let Err(e) = processed {
+                    tracing::warn!(queue = thread_id, error = %e, "malformed queue; waiting for the next kick");
+                    break;
+                }
+                if !more {
                     break;
                 }
             }
-        } else {
-            self.process_queue(vring)?;
+        } else if let Err(e) = self.process_queue(vring) {
+            tracing::warn!(queue = thread_id, error = %e, "malformed queue; waiting for the next kick");
         }
         Ok(())
     }

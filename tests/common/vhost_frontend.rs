@@ -1,0 +1,346 @@
+//! A minimal vhost-user frontend, i.e. the VMM side, for tests that talk to
+//! the daemon without QEMU: guest memory in a memfd shared with the backend,
+//! split virtqueues laid out by hand, eventfds for kick and call. Being the
+//! guest driver ourselves lets a test put any descriptor chain, however
+//! broken, on a queue and see exactly what the device returns for it.
+
+use std::fs::File;
+use std::num::Wrapping;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::path::Path;
+use std::sync::atomic::{fence, Ordering};
+use std::time::{Duration, Instant};
+
+use vhost::vhost_user::message::VhostUserHeaderFlag;
+use vhost::vhost_user::{
+    Frontend, VhostUserFrontend, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::bindings::virtio_ring::{
+    VIRTIO_RING_F_EVENT_IDX, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+};
+use vm_memory::{Address, Bytes, FileOffset, GuestAddress, GuestMemory, GuestMemoryMmap};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// Guest-physical start of the one memory region. Not 0, so that small
+/// addresses are outside guest memory and translation is really exercised.
+pub const MEM_BASE: u64 = 0x1000_0000;
+pub const MEM_SIZE: usize = 4 << 20;
+pub const QUEUE_SIZE: u16 = 16;
+/// Each queue's rings live in one page at `MEM_BASE + index * RING_PAGE`.
+const RING_PAGE: u64 = 0x1000;
+/// Each queue's buffers live at `MEM_BASE + (index + 1) * DATA_AREA`.
+const DATA_AREA: u64 = 1 << 20;
+/// Filled into writable buffers before submitting, so that what the device
+/// wrote can be told from what it did not.
+pub const POISON: u8 = 0xA5;
+
+/// One buffer of a descriptor chain.
+pub enum Buf {
+    /// Device-readable, holding these bytes (the request).
+    Readable(Vec<u8>),
+    /// Device-writable room of this many bytes (for the reply).
+    Writable(u32),
+    /// A descriptor taken as given: wherever it points, nothing is copied.
+    Raw { addr: u64, len: u32, writable: bool },
+}
+
+/// What the device returned in the used ring for one chain.
+pub struct Used {
+    /// The used element's length (its id is checked to be the head).
+    pub len: u32,
+    /// The chain's `Buf::Writable` buffers afterwards, concatenated.
+    pub written: Vec<u8>,
+}
+
+struct Queue {
+    desc: GuestAddress,
+    avail: GuestAddress,
+    used: GuestAddress,
+    data: GuestAddress,
+    kick: EventFd,
+    call: EventFd,
+    next_avail: Wrapping<u16>,
+    next_used: Wrapping<u16>,
+    next_desc: u16,
+}
+
+/// A connected frontend with its queues set up and enabled.
+pub struct Vmm {
+    // Dropping it closes the socket, which is how a VMM disconnects.
+    _frontend: Frontend,
+    mem: GuestMemoryMmap,
+    queues: Vec<Queue>,
+    event_idx: bool,
+}
+
+fn host_address(mem: &GuestMemoryMmap, addr: GuestAddress) -> u64 {
+    mem.get_host_address(addr).expect("address in guest memory") as u64
+}
+
+impl Vmm {
+    /// Negotiates like QEMU does and brings up `num_queues` queues.
+    pub fn connect(socket: &Path, num_queues: usize, event_idx: bool) -> Self {
+        let mem = shared_memory();
+        let mut frontend = Frontend::connect(socket, num_queues as u64).expect("connecting");
+        frontend.set_owner().expect("SET_OWNER");
+
+        let offered = frontend.get_features().expect("GET_FEATURES");
+        let protocol_features = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        let mut features = (1 << VIRTIO_F_VERSION_1) | protocol_features;
+        if event_idx {
+            features |= 1 << VIRTIO_RING_F_EVENT_IDX;
+        }
+        assert_eq!(offered & features, features, "backend offers {offered:#x}");
+
+        let wanted = VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS;
+        let protocol = frontend
+            .get_protocol_features()
+            .expect("GET_PROTOCOL_FEATURES");
+        assert!(protocol.contains(wanted), "backend offers {protocol:?}");
+        frontend
+            .set_protocol_features(wanted)
+            .expect("SET_PROTOCOL_FEATURES");
+        // From here on the backend acknowledges every request, so a request
+        // it rejects fails here instead of later in a confusing way.
+        frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+        assert_eq!(
+            frontend.get_queue_num().expect("GET_QUEUE_NUM"),
+            num_queues as u64
+        );
+        frontend.set_features(features).expect("SET_FEATURES");
+
+        let region = mem.iter().next().expect("one region");
+        let info = VhostUserMemoryRegionInfo::from_guest_region(region).expect("region info");
+        frontend.set_mem_table(&[info]).expect("SET_MEM_TABLE");
+
+        let mut queues = Vec::new();
+        for index in 0..num_queues {
+            let rings = MEM_BASE + index as u64 * RING_PAGE;
+            let queue = Queue {
+                desc: GuestAddress(rings),
+                avail: GuestAddress(rings + 0x400),
+                used: GuestAddress(rings + 0x800),
+                data: GuestAddress(MEM_BASE + (index as u64 + 1) * DATA_AREA),
+                kick: EventFd::new(EFD_NONBLOCK).unwrap(),
+                call: EventFd::new(EFD_NONBLOCK).unwrap(),
+                next_avail: Wrapping(0),
+                next_used: Wrapping(0),
+                next_desc: 0,
+            };
+            // Ring addresses are given in the VMM's address space.
+            let config = VringConfigData {
+                queue_max_size: QUEUE_SIZE,
+                queue_size: QUEUE_SIZE,
+                flags: 0,
+                desc_table_addr: host_address(&mem, queue.desc),
+                used_ring_addr: host_address(&mem, queue.used),
+                avail_ring_addr: host_address(&mem, queue.avail),
+                log_addr: None,
+            };
+            frontend
+                .set_vring_num(index, QUEUE_SIZE)
+                .expect("SET_VRING_NUM");
+            frontend.set_vring_base(index, 0).expect("SET_VRING_BASE");
+            frontend
+                .set_vring_addr(index, &config)
+                .expect("SET_VRING_ADDR");
+            frontend
+                .set_vring_kick(index, &queue.kick)
+                .expect("SET_VRING_KICK");
+            frontend
+                .set_vring_call(index, &queue.call)
+                .expect("SET_VRING_CALL");
+            queues.push(queue);
+        }
+        for index in 0..num_queues {
+            frontend
+                .set_vring_enable(index, true)
+                .expect("SET_VRING_ENABLE");
+        }
+        Self {
+            _frontend: frontend,
+            mem,
+            queues,
+            event_idx,
+        }
+    }
+
+    /// Puts `bufs` on `queue` as one chain, waits (at most `timeout`) for
+    /// the device to return it and interrupt us, and returns what it used.
+    pub fn call(&mut self, queue: usize, bufs: &[Buf], timeout: Duration) -> Used {
+        self.call_chain(queue, bufs, false, timeout)
+    }
+
+    /// Like [`Vmm::call`], but the last descriptor's `next` points back to
+    /// the head: a chain that never ends.
+    pub fn call_looped(&mut self, queue: usize, bufs: &[Buf], timeout: Duration) -> Used {
+        self.call_chain(queue, bufs, true, timeout)
+    }
+
+    /// Publishes an available index `ahead` entries past what was made
+    /// available, and kicks: a driver bug the device has to survive. The
+    /// next [`Vmm::call`] writes a sane index again.
+    pub fn publish_bogus_avail_idx(&mut self, queue: usize, ahead: u16) {
+        let q = &mut self.queues[queue];
+        let idx = q.next_avail + Wrapping(ahead);
+        fence(Ordering::SeqCst);
+        self.mem
+            .store(idx.0, q.avail.unchecked_add(2), Ordering::Release)
+            .unwrap();
+        fence(Ordering::SeqCst);
+        q.kick.write(1).expect("kick");
+    }
+
+    fn call_chain(&mut self, queue: usize, bufs: &[Buf], looped: bool, timeout: Duration) -> Used {
+        let mem = &self.mem;
+        let q = &mut self.queues[queue];
+        assert!(!bufs.is_empty() && bufs.len() <= usize::from(QUEUE_SIZE));
+
+        // Descriptors are taken round-robin: only one chain is in flight.
+        let ids: Vec<u16> = (0..bufs.len() as u16)
+            .map(|i| (q.next_desc + i) % QUEUE_SIZE)
+            .collect();
+        q.next_desc = (q.next_desc + bufs.len() as u16) % QUEUE_SIZE;
+        let mut free = q.data.0;
+        let mut alloc = |len: u32| {
+            let addr = free;
+            free = (free + u64::from(len) + 7) & !7;
+            assert!(free <= q.data.0 + DATA_AREA, "test buffers too large");
+            GuestAddress(addr)
+        };
+        let mut writable = Vec::new();
+        for (i, buf) in bufs.iter().enumerate() {
+            let (addr, len, mut flags) = match buf {
+                Buf::Readable(bytes) => {
+                    let addr = alloc(bytes.len() as u32);
+                    mem.write_slice(bytes, addr).unwrap();
+                    (addr.0, bytes.len() as u32, 0)
+                }
+                Buf::Writable(len) => {
+                    let addr = alloc(*len);
+                    mem.write_slice(&vec![POISON; *len as usize], addr).unwrap();
+                    writable.push((addr, *len as usize));
+                    (addr.0, *len, VRING_DESC_F_WRITE as u16)
+                }
+                Buf::Raw {
+                    addr,
+                    len,
+                    writable,
+                } => (
+                    *addr,
+                    *len,
+                    if *writable {
+                        VRING_DESC_F_WRITE as u16
+                    } else {
+                        0
+                    },
+                ),
+            };
+            let next = match ids.get(i + 1) {
+                Some(next) => Some(*next),
+                None if looped => Some(ids[0]),
+                None => None,
+            };
+            if next.is_some() {
+                flags |= VRING_DESC_F_NEXT as u16;
+            }
+            // struct virtq_desc { le64 addr; le32 len; le16 flags; le16 next; }
+            let mut desc = [0u8; 16];
+            desc[0..8].copy_from_slice(&addr.to_le_bytes());
+            desc[8..12].copy_from_slice(&len.to_le_bytes());
+            desc[12..14].copy_from_slice(&flags.to_le_bytes());
+            desc[14..16].copy_from_slice(&next.unwrap_or(0).to_le_bytes());
+            mem.write_slice(&desc, q.desc.unchecked_add(u64::from(ids[i]) * 16))
+                .unwrap();
+        }
+
+        // struct virtq_avail { le16 flags; le16 idx; le16 ring[N]; le16 used_event; }
+        let slot = u64::from(q.next_avail.0 % QUEUE_SIZE);
+        mem.write_obj(ids[0], q.avail.unchecked_add(4 + 2 * slot))
+            .unwrap();
+        if self.event_idx {
+            // Interrupt us as soon as the used index moves past this.
+            let used_event = q.avail.unchecked_add(4 + 2 * u64::from(QUEUE_SIZE));
+            mem.write_obj(q.next_used.0, used_event).unwrap();
+        }
+        q.next_avail += 1;
+        fence(Ordering::SeqCst);
+        mem.store(q.next_avail.0, q.avail.unchecked_add(2), Ordering::Release)
+            .unwrap();
+        fence(Ordering::SeqCst);
+        q.kick.write(1).expect("kick");
+
+        let (head, len) = wait_used(mem, q, timeout);
+        let mut written = Vec::new();
+        for (addr, len) in writable {
+            let mut buf = vec![0u8; len];
+            mem.read_slice(&mut buf, addr).unwrap();
+            written.extend_from_slice(&buf);
+        }
+        assert_eq!(head, ids[0], "used element is not the chain we sent");
+        Used { len, written }
+    }
+}
+
+/// Waits for the call eventfd, then takes the next used element. Panics
+/// after `timeout`, saying whether the device used the chain at all.
+fn wait_used(mem: &GuestMemoryMmap, q: &mut Queue, timeout: Duration) -> (u16, u32) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut pollfd = libc::pollfd {
+            fd: q.call.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, for the duration of the call.
+        let ready = unsafe { libc::poll(&mut pollfd, 1, left.as_millis() as libc::c_int) };
+        let used_idx: u16 = mem
+            .load(q.used.unchecked_add(2), Ordering::Acquire)
+            .unwrap();
+        if ready <= 0 {
+            assert!(
+                Instant::now() < deadline,
+                "no interrupt within {timeout:?}: used index {used_idx}, expected past {}",
+                q.next_used.0
+            );
+            continue;
+        }
+        // Signals coalesce; what counts is the used index.
+        let _ = q.call.read();
+        if used_idx == q.next_used.0 {
+            continue;
+        }
+        // struct virtq_used { le16 flags; le16 idx; struct { le32 id; le32 len; } ring[N]; }
+        let slot = u64::from(q.next_used.0 % QUEUE_SIZE);
+        let elem = q.used.unchecked_add(4 + 8 * slot);
+        let id: u32 = mem.read_obj(elem).unwrap();
+        let len: u32 = mem.read_obj(elem.unchecked_add(4)).unwrap();
+        q.next_used += 1;
+        assert_eq!(
+            used_idx, q.next_used.0,
+            "device used more chains than we sent"
+        );
+        return (u16::try_from(id).expect("used id fits a queue"), len);
+    }
+}
+
+/// Guest memory a backend can map too: one memfd-backed region.
+fn shared_memory() -> GuestMemoryMmap {
+    // SAFETY: memfd_create with a valid C string; the result is checked.
+    let fd = unsafe { libc::memfd_create(c"vmm-guest-memory".as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+    // SAFETY: `fd` is a fresh descriptor nothing else owns.
+    let file = unsafe { File::from_raw_fd(fd) };
+    file.set_len(MEM_SIZE as u64).unwrap();
+    GuestMemoryMmap::from_ranges_with_files([(
+        GuestAddress(MEM_BASE),
+        MEM_SIZE,
+        Some(FileOffset::new(file, 0)),
+    )])
+    .expect("mapping guest memory")
+}
