@@ -12,7 +12,7 @@ use prost::Message;
 use tonic::transport::Channel;
 use tonic::Code;
 
-use super::address::{AddressError, StoreAddress};
+use super::address::{AddressError, StoreAddress, TlsSettings};
 use super::digest::B3Digest;
 use super::directory::{validate_directory, validate_node, DirEntry, Directory, ValidationError};
 use super::protocol::{PackagePrefix, StoreProtocol};
@@ -97,6 +97,8 @@ pub struct StoreConfig {
     pub protocol: StoreProtocol,
     /// Bound on connecting, on each answer and on each streamed message.
     pub timeout: Duration,
+    /// CA and client identity for `grpc+https://` addresses.
+    pub tls: TlsSettings,
 }
 
 /// One piece of a blob as listed by BlobService.Stat, with its offset.
@@ -122,7 +124,7 @@ impl StoreClient {
     pub fn new(config: &StoreConfig) -> Result<Self, AddressError> {
         let transport = |addr: &StoreAddress| -> Result<Transport, AddressError> {
             Ok(PackagePrefix::new(
-                addr.channel(config.timeout)?,
+                addr.channel(config.timeout, &config.tls)?,
                 config.protocol,
             ))
         };

@@ -9,7 +9,7 @@ pub mod nixbase32;
 pub mod protocol;
 pub mod store_path;
 
-pub use address::StoreAddress;
+pub use address::{StoreAddress, TlsSettings};
 pub use client::{Chunk, StoreClient, StoreConfig, StoreError};
 pub use digest::B3Digest;
 pub use directory::{DirEntry, Directory, Node};

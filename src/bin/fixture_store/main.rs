@@ -26,7 +26,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tokio_stream::StreamExt;
-use tonic::transport::Server;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 use tvix_virtiofsd::proto::castore::blob_service_server::BlobServiceServer;
@@ -87,12 +87,26 @@ struct Args {
     /// Keep per-method call counts in this file (`name value` lines).
     #[arg(long, value_name = "FILE")]
     stats_file: Option<PathBuf>,
+
+    /// Server certificate (PEM) for grpc+https:// listeners.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// Server private key (PEM) for grpc+https:// listeners.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
+    /// Require client certificates signed by this CA (PEM): mutual TLS.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug)]
 enum ListenAddr {
     Unix(PathBuf),
     Tcp(String),
+    /// TCP with TLS (`grpc+https://`).
+    Tls(String),
 }
 
 fn parse_listen(s: &str) -> Result<ListenAddr, String> {
@@ -103,15 +117,22 @@ fn parse_listen(s: &str) -> Result<ListenAddr, String> {
             ));
         }
         Ok(ListenAddr::Unix(PathBuf::from(path)))
-    } else if let Some(host_port) = s.strip_prefix("grpc+http://") {
+    } else if let Some(host_port) = s
+        .strip_prefix("grpc+http://")
+        .or_else(|| s.strip_prefix("grpc+https://"))
+    {
         let host_port = host_port.trim_end_matches('/');
         if host_port.is_empty() {
             return Err(format!("{s}: missing HOST:PORT"));
         }
-        Ok(ListenAddr::Tcp(host_port.to_string()))
+        if s.starts_with("grpc+https://") {
+            Ok(ListenAddr::Tls(host_port.to_string()))
+        } else {
+            Ok(ListenAddr::Tcp(host_port.to_string()))
+        }
     } else {
         Err(format!(
-            "{s}: expected grpc+unix:///abs/path.sock or grpc+http://HOST:PORT"
+            "{s}: expected grpc+unix:///abs/path.sock, grpc+http://HOST:PORT or grpc+https://HOST:PORT"
         ))
     }
 }
@@ -127,7 +148,11 @@ fn parse_hex_digest(s: &str) -> Result<Digest, String> {
 /// A bound listener.
 enum Listener {
     Unix(UnixListener, PathBuf),
-    Tcp(TcpListener),
+    /// A TCP listener; `tls` when it speaks grpc+https.
+    Tcp {
+        listener: TcpListener,
+        tls: bool,
+    },
 }
 
 impl Listener {
@@ -139,11 +164,12 @@ impl Listener {
                     .with_context(|| format!("binding {}", path.display()))?;
                 Ok(Self::Unix(listener, path.clone()))
             }
-            ListenAddr::Tcp(host_port) => {
+            ListenAddr::Tcp(host_port) | ListenAddr::Tls(host_port) => {
                 let listener = TcpListener::bind(host_port.as_str())
                     .await
                     .with_context(|| format!("binding {host_port}"))?;
-                Ok(Self::Tcp(listener))
+                let tls = matches!(addr, ListenAddr::Tls(_));
+                Ok(Self::Tcp { listener, tls })
             }
         }
     }
@@ -152,7 +178,11 @@ impl Listener {
     fn address(&self) -> Result<String> {
         Ok(match self {
             Self::Unix(_, path) => format!("grpc+unix://{}", path.display()),
-            Self::Tcp(listener) => format!("grpc+http://{}", listener.local_addr()?),
+            Self::Tcp { listener, tls } => format!(
+                "grpc+{}://{}",
+                if *tls { "https" } else { "http" },
+                listener.local_addr()?
+            ),
         })
     }
 }
@@ -176,8 +206,17 @@ fn remove_stale_socket(path: &Path) -> Result<()> {
 }
 
 /// Serves all three services on one listener, until it fails.
-async fn serve(listener: Listener, state: Arc<State>, protocol: Protocol) -> Result<()> {
-    let router = Server::builder()
+async fn serve(
+    listener: Listener,
+    state: Arc<State>,
+    protocol: Protocol,
+    tls: Option<ServerTlsConfig>,
+) -> Result<()> {
+    let mut builder = Server::builder();
+    if let (Listener::Tcp { tls: true, .. }, Some(config)) = (&listener, tls) {
+        builder = builder.tls_config(config).context("TLS setup")?;
+    }
+    let router = builder
         .layer(ProtocolLayer(protocol))
         .add_service(BlobServiceServer::from_arc(Arc::new(Blobs(state.clone()))))
         .add_service(DirectoryServiceServer::from_arc(Arc::new(Directories(
@@ -190,7 +229,7 @@ async fn serve(listener: Listener, state: Arc<State>, protocol: Protocol) -> Res
                 .serve_with_incoming(UnixListenerStream::new(listener))
                 .await?
         }
-        Listener::Tcp(listener) => {
+        Listener::Tcp { listener, .. } => {
             // Without TCP_NODELAY, small gRPC frames can wait for delayed
             // ACKs, which would add tens of milliseconds to every call.
             let incoming = TcpListenerStream::new(listener).map(|conn| {
@@ -210,7 +249,7 @@ async fn refuse(listener: Listener) -> Result<()> {
     loop {
         let accepted = match &listener {
             Listener::Unix(l, _) => l.accept().await.map(drop),
-            Listener::Tcp(l) => l.accept().await.map(drop),
+            Listener::Tcp { listener: l, .. } => l.accept().await.map(drop),
         };
         match accepted {
             Ok(()) => info!("misbehaving: closed an accepted connection"),
@@ -220,6 +259,20 @@ async fn refuse(listener: Listener) -> Result<()> {
             }
         }
     }
+}
+
+/// The TLS settings of grpc+https listeners, from --tls-cert, --tls-key and
+/// --tls-client-ca.
+fn server_tls(args: &Args) -> Result<Option<ServerTlsConfig>> {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+    if let Some(ca) = &args.tls_client_ca {
+        config = config.client_ca_root(Certificate::from_pem(read(ca)?));
+    }
+    Ok(Some(config))
 }
 
 /// Prints one protocol line on stdout and flushes it, so a harness reading a
@@ -235,6 +288,10 @@ async fn run(args: Args, state: Arc<State>) -> Result<()> {
     let mut sockets = Vec::new();
     let mut servers = JoinSet::new();
     let result = async {
+        let tls = server_tls(&args)?;
+        if tls.is_none() && args.listen.iter().any(|a| matches!(a, ListenAddr::Tls(_))) {
+            bail!("grpc+https:// listeners need --tls-cert and --tls-key");
+        }
         for addr in &args.listen {
             let listener = Listener::bind(addr).await?;
             if let Listener::Unix(_, path) = &listener {
@@ -244,7 +301,7 @@ async fn run(args: Args, state: Arc<State>) -> Result<()> {
             if args.refuse_connections {
                 servers.spawn(refuse(listener));
             } else {
-                servers.spawn(serve(listener, state.clone(), args.protocol));
+                servers.spawn(serve(listener, state.clone(), args.protocol, tls.clone()));
             }
             info!(%address, "listening");
             announce(&format!("LISTENING {address}"))?;
