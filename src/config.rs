@@ -9,7 +9,7 @@ use clap::{ArgGroup, Parser};
 
 use crate::cache::CacheConfig;
 use crate::fs::FsConfig;
-use crate::store::{StoreAddress, StoreConfig, StoreProtocol};
+use crate::store::{StoreAddress, StoreConfig, StoreProtocol, TlsSettings};
 use crate::vhost_user::DeviceConfig;
 
 /// Serve a read-only Nix store from a remote tvix-store to a VM over
@@ -60,6 +60,19 @@ pub struct Cli {
     /// message of a stream before the guest gets EIO.
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     pub store_timeout: f64,
+
+    /// CA certificate (PEM) to trust for grpc+https:// stores instead of the
+    /// system roots.
+    #[arg(long, value_name = "FILE")]
+    pub store_ca: Option<PathBuf>,
+
+    /// Client certificate (PEM) for mutual TLS with the store.
+    #[arg(long, value_name = "FILE", requires = "store_key")]
+    pub store_cert: Option<PathBuf>,
+
+    /// Client private key (PEM) for mutual TLS with the store.
+    #[arg(long, value_name = "FILE", requires = "store_cert")]
+    pub store_key: Option<PathBuf>,
 
     /// List the root directory with PathInfoService.List. Without it the
     /// root lists as empty, but every store path can still be opened by name.
@@ -166,6 +179,11 @@ impl Cli {
             path_info_service: pick(&self.path_info_service_addr, "path-info-service")?,
             protocol: self.store_protocol,
             timeout: seconds(self.store_timeout, "store-timeout")?,
+            tls: TlsSettings {
+                ca: self.store_ca.clone(),
+                cert: self.store_cert.clone(),
+                key: self.store_key.clone(),
+            },
         })
     }
 
