@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{ArgGroup, Parser};
 
 use crate::cache::CacheConfig;
-use crate::fs::FsConfig;
+use crate::fs::{CachePolicy, FsConfig};
 use crate::store::{StoreAddress, StoreConfig, StoreProtocol, TlsSettings};
 use crate::vhost_user::DeviceConfig;
 
@@ -101,10 +101,17 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 4)]
     pub fuse_threads: usize,
 
-    /// Seconds the guest may cache names and attributes (content is
-    /// immutable).
-    #[arg(long, value_name = "SECS", default_value_t = 86400.0)]
-    pub entry_timeout: f64,
+    /// What the guest may cache: never (direct I/O, no name or attribute
+    /// caching), auto (page cache within an open, 1 s timeouts) or always
+    /// (page cache kept across opens, long timeouts: store content never
+    /// changes).
+    #[arg(long, value_enum, default_value_t = CachePolicy::Always)]
+    pub cache: CachePolicy,
+
+    /// Seconds the guest may cache names and attributes (default by
+    /// --cache: never 0, auto 1, always 86400).
+    #[arg(long, value_name = "SECS")]
+    pub entry_timeout: Option<f64>,
 
     /// Seconds the guest may remember that a store path does not exist.
     #[arg(long, value_name = "SECS", default_value_t = 1.0)]
@@ -190,9 +197,12 @@ impl Cli {
     pub fn fs_config(&self) -> anyhow::Result<FsConfig> {
         Ok(FsConfig {
             list_root: self.list_root,
-            entry_timeout: seconds(self.entry_timeout, "entry-timeout")?,
+            cache: self.cache,
+            entry_timeout: match self.entry_timeout {
+                Some(secs) => seconds(secs, "entry-timeout")?,
+                None => self.cache.default_entry_timeout(),
+            },
             negative_root_timeout: seconds(self.negative_timeout, "negative-timeout")?,
-            keep_cache: true,
             readahead_chunks: self.readahead_chunks,
         })
     }

@@ -212,3 +212,34 @@ fn unmounts_cleanly_on_sigterm() {
     assert!(daemon.stop(), "mount still present after SIGTERM");
     assert!(daemon.log().contains("unmounted"), "log: {}", daemon.log());
 }
+
+/// Reads a file twice with `--cache POLICY` and returns how many chunk
+/// lookups reached the daemon's memory cache (i.e. reads the kernel sent).
+fn daemon_reads_for_two_reads(policy: &str) -> u64 {
+    let tree = sample_tree();
+    let fixture = Fixture::start(&tree, &[]);
+    let stats = scratch("policy").join("stats");
+    let mut daemon = Daemon::mount(
+        &fixture.address(),
+        &["--cache", policy, "--stats-file", stats.to_str().unwrap()],
+    );
+    let file = daemon
+        .path(&fixture.store_path("hello-2.12"))
+        .join("lib/small.bin");
+    let source = std::fs::read(tree.join("hello-2.12/lib/small.bin")).unwrap();
+    for _ in 0..2 {
+        assert!(std::fs::read(&file).unwrap() == source);
+    }
+    daemon.stop();
+    let counters = read_counters(&stats);
+    counters["memory_hits"] + counters["memory_misses"]
+}
+
+#[test]
+fn cache_policy_decides_whether_the_guest_page_cache_is_used() {
+    let always = daemon_reads_for_two_reads("always");
+    let never = daemon_reads_for_two_reads("never");
+    // With the page cache kept, the second read never reaches the daemon;
+    // with direct I/O, both do.
+    assert!(never > always, "never: {never} lookups, always: {always}");
+}

@@ -35,19 +35,44 @@ const MAX_ROOT_LISTING: usize = 1 << 20;
 /// Modification time of everything, as in a real Nix store.
 const STORE_MTIME: i64 = 1;
 
+/// How much the guest may cache, with virtiofsd's names.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum CachePolicy {
+    /// No guest page cache (direct I/O), no caching of names or attributes:
+    /// every access is a request to the daemon.
+    Never,
+    /// Guest page cache within an open, names and attributes for a second.
+    Auto,
+    /// Guest page cache kept across opens (FOPEN_KEEP_CACHE), directory
+    /// listings cached, long name and attribute timeouts: right for store
+    /// content, which never changes.
+    #[default]
+    Always,
+}
+
+impl CachePolicy {
+    /// Name and attribute timeout that goes with the policy.
+    pub fn default_entry_timeout(self) -> Duration {
+        match self {
+            Self::Never => Duration::ZERO,
+            Self::Auto => Duration::from_secs(1),
+            Self::Always => Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
 /// How the filesystem behaves towards the guest.
 #[derive(Clone, Debug)]
 pub struct FsConfig {
     /// Answer readdir of the root with PathInfoService.List.
     pub list_root: bool,
-    /// How long the guest may cache entries and attributes. Store content is
-    /// immutable, so this can be long.
+    /// What the guest may cache.
+    pub cache: CachePolicy,
+    /// How long the guest may cache entries and attributes.
     pub entry_timeout: Duration,
     /// How long the guest may cache "no such store path": short, because
     /// new paths appear in the store.
     pub negative_root_timeout: Duration,
-    /// Keep the guest page cache across opens (FOPEN_KEEP_CACHE).
-    pub keep_cache: bool,
     /// Chunks fetched ahead of a sequential reader (0: none).
     pub readahead_chunks: usize,
 }
@@ -56,9 +81,9 @@ impl Default for FsConfig {
     fn default() -> Self {
         Self {
             list_root: false,
-            entry_timeout: Duration::from_secs(24 * 3600),
+            cache: CachePolicy::Always,
+            entry_timeout: CachePolicy::Always.default_entry_timeout(),
             negative_root_timeout: Duration::from_secs(1),
-            keep_cache: true,
             readahead_chunks: 8,
         }
     }
@@ -365,10 +390,10 @@ impl FileSystem for StoreFs {
         self.open_files
             .lock()
             .insert(handle, Arc::new(self.blobs.open(digest, size)));
-        let options = if self.config.keep_cache {
-            OpenOptions::KEEP_CACHE
-        } else {
-            OpenOptions::empty()
+        let options = match self.config.cache {
+            CachePolicy::Never => OpenOptions::DIRECT_IO,
+            CachePolicy::Auto => OpenOptions::empty(),
+            CachePolicy::Always => OpenOptions::KEEP_CACHE,
         };
         Ok((Some(handle), options, None))
     }
@@ -432,7 +457,7 @@ impl FileSystem for StoreFs {
         let handle = self.new_handle();
         self.open_dirs.lock().insert(handle, Arc::new(listing));
         // Listings never change, except the root's (new store paths).
-        let options = if inode == ROOT_INODE {
+        let options = if inode == ROOT_INODE || self.config.cache != CachePolicy::Always {
             OpenOptions::empty()
         } else {
             OpenOptions::CACHE_DIR | OpenOptions::KEEP_CACHE
