@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
@@ -135,9 +136,15 @@ impl BlobReader {
                 Ok(written)
             }
             BlobSource::File(file) => {
-                let mut file = file.try_clone().map_err(ReadError::Local)?;
+                // The copy uses pread at an explicit offset, so readers can
+                // share the descriptor; this handle borrows it without
+                // duplicating it (no syscall) and never closes it.
+                // SAFETY: the fd stays open while `file` (kept alive by the
+                // source Arc held here) lives; ManuallyDrop never closes it.
+                let mut shared =
+                    std::mem::ManuallyDrop::new(unsafe { File::from_raw_fd(file.as_raw_fd()) });
                 let len = (end - offset) as usize;
-                w.write_all_from(&mut file, len, offset)
+                w.write_all_from(&mut *shared, len, offset)
                     .map_err(ReadError::Guest)?;
                 Ok(len)
             }
@@ -176,14 +183,12 @@ impl BlobReader {
     }
 }
 
-/// Why a read failed: the store or cache (EIO, logged with the digest),
-/// this host (EIO) or the guest's buffer (its own errno).
+/// Why a read failed: the store or cache (EIO, logged with the digest) or
+/// the guest's buffer (its own errno).
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
     #[error(transparent)]
     Store(Arc<StoreError>),
-    #[error("local file for a blob: {0}")]
-    Local(io::Error),
     #[error("copying to the guest: {0}")]
     Guest(io::Error),
 }

@@ -424,10 +424,6 @@ impl FileSystem for StoreFs {
                     &format!("reading inode {inode} (blob {})", blob.digest()),
                     &e,
                 ),
-                ReadError::Local(e) => {
-                    tracing::error!(error = %e, inode, "reading: local temporary file failed");
-                    errno(libc::EIO)
-                }
                 ReadError::Guest(e) => e,
             })
     }
