@@ -200,6 +200,20 @@ fn a_flipped_byte_on_disk_is_detected_and_never_served() {
     assert_eq!(err.raw_os_error(), Some(libc::EIO));
 }
 
+/// The files of the package that the offline test fetches (and so caches).
+const CACHED_FILES: &[&str] = &[
+    "bin/hello",
+    "lib/libbig.so",
+    "lib/medium.bin",
+    "share/doc/name with spaces.txt",
+];
+
+fn compare_files(source: &Path, served: &Path, relatives: &[&str]) {
+    for relative in relatives {
+        compare_entry(&source.join(relative), &served.join(relative), relative);
+    }
+}
+
 #[test]
 fn serves_everything_cached_while_the_store_is_down() {
     let tree = sample_tree();
@@ -219,18 +233,7 @@ fn serves_everything_cached_while_the_store_is_down() {
         }
     }
     let pkg_dir = daemon.path(&pkg);
-    for relative in [
-        "bin/hello",
-        "lib/libbig.so",
-        "lib/medium.bin",
-        "share/doc/name with spaces.txt",
-    ] {
-        compare_entry(
-            &tree.join(PKG).join(relative),
-            &pkg_dir.join(relative),
-            relative,
-        );
-    }
+    compare_files(&tree.join(PKG), &pkg_dir, CACHED_FILES);
     daemon.stop();
     fixture.stop();
 
@@ -241,18 +244,7 @@ fn serves_everything_cached_while_the_store_is_down() {
     let many = fixture.store_path("many-files-1.0");
     compare_trees(&tree.join("many-files-1.0"), &daemon.path(&many));
     let pkg_dir = daemon.path(&pkg);
-    for relative in [
-        "bin/hello",
-        "lib/libbig.so",
-        "lib/medium.bin",
-        "share/doc/name with spaces.txt",
-    ] {
-        compare_entry(
-            &tree.join(PKG).join(relative),
-            &pkg_dir.join(relative),
-            relative,
-        );
-    }
+    compare_files(&tree.join(PKG), &pkg_dir, CACHED_FILES);
     // Never fetched: EIO, the daemon still serving.
     let uncached = pkg_dir.join("lib/small.bin");
     assert_eq!(

@@ -219,14 +219,18 @@ impl CachedStore {
         self.stats.store_requests.fetch_add(1, Ordering::Relaxed);
         let result = self.runtime.block_on(fut);
         if let Err(e) = &result {
-            self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
-            if e.is_corruption() {
-                self.stats
-                    .verification_failures
-                    .fetch_add(1, Ordering::Relaxed);
-            }
+            self.count_failure(e);
         }
         result
+    }
+
+    fn count_failure(&self, e: &StoreError) {
+        self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
+        if e.is_corruption() {
+            self.stats
+                .verification_failures
+                .fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     fn hit(&self, hit: bool) {
@@ -501,14 +505,7 @@ impl CachedStore {
                     .await;
                 }
             }
-            Err(e) => {
-                self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
-                if e.is_corruption() {
-                    self.stats
-                        .verification_failures
-                        .fetch_add(1, Ordering::Relaxed);
-                }
-            }
+            Err(e) => self.count_failure(e),
         }
         result
     }

@@ -197,6 +197,22 @@ fn is_mounted(path: &Path) -> bool {
         .any(|l| l.split(' ').nth(4) == Some(target.as_str()))
 }
 
+/// Starts the daemon serving on `target` (`--mount DIR` or
+/// `--socket-path PATH`), logging to `log`.
+fn spawn_daemon(mode: &str, target: &Path, store: &str, extra: &[&str], log: &Path) -> Child {
+    Command::new(DAEMON_BIN)
+        .arg(mode)
+        .arg(target)
+        .arg("--store")
+        .arg(store)
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .expect("starting the daemon")
+}
+
 /// The daemon serving a FUSE mount, as its own process.
 pub struct Daemon {
     child: Option<Child>,
@@ -211,17 +227,7 @@ impl Daemon {
         let mountpoint = dir.join("mnt");
         std::fs::create_dir(&mountpoint).unwrap();
         let log = dir.join("daemon.log");
-        let mut child = Command::new(DAEMON_BIN)
-            .arg("--mount")
-            .arg(&mountpoint)
-            .arg("--store")
-            .arg(store)
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("starting the daemon");
+        let mut child = spawn_daemon("--mount", &mountpoint, store, extra, &log);
         let deadline = Instant::now() + Duration::from_secs(30);
         while !is_mounted(&mountpoint) {
             if let Ok(Some(status)) = child.try_wait() {
@@ -338,17 +344,7 @@ impl VhostUserDaemon {
         let dir = scratch("vhost-user");
         let socket = dir.join("fs.sock");
         let log = dir.join("daemon.log");
-        let mut child = Command::new(DAEMON_BIN)
-            .arg("--socket-path")
-            .arg(&socket)
-            .arg("--store")
-            .arg(store)
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("starting the daemon");
+        let mut child = spawn_daemon("--socket-path", &socket, store, extra, &log);
         let deadline = Instant::now() + Duration::from_secs(30);
         while !socket.exists() {
             if let Ok(Some(status)) = child.try_wait() {
