@@ -10,5 +10,7 @@ cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 scripts/vm/build-guest.sh
 cargo test --locked --all-targets
+# Deployment files: systemd units (verify, exposure), NixOS module (eval).
+scripts/check-deploy.sh
 # The benchmark harness must keep working: a tiny run of it.
 scripts/bench-guest-read.sh --smoke

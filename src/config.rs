@@ -9,6 +9,7 @@ use clap::{ArgGroup, Parser};
 
 use crate::cache::CacheConfig;
 use crate::fs::{CachePolicy, FsConfig};
+use crate::sandbox::{LandlockMode, LandlockPolicy, SandboxConfig, SeccompMode};
 use crate::store::{StoreAddress, StoreConfig, StoreProtocol, TlsSettings};
 use crate::vhost_user::DeviceConfig;
 
@@ -149,6 +150,17 @@ pub struct Cli {
     /// Log level: error, warn, info, debug, trace (RUST_LOG overrides).
     #[arg(long, default_value = "info")]
     pub log_level: String,
+
+    /// Syscalls outside the allowlist (seccomp/<arch>.json): kill the
+    /// daemon, log them (dmesg/audit, type=1326) and go on, or no filter.
+    #[arg(long, value_enum, value_name = "ACTION", default_value_t = SeccompMode::Kill)]
+    pub seccomp: SeccompMode,
+
+    /// Confine file access to the cache/spool/stats paths and TCP to the
+    /// store's ports with Landlock: where the kernel supports it (auto),
+    /// always (require), or not at all (off).
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = LandlockMode::Auto)]
+    pub landlock: LandlockMode,
 }
 
 /// Parses `1024`, `64K`, `128M`, `2G` (powers of 1024).
@@ -216,6 +228,20 @@ impl Cli {
             readahead_chunks: self.readahead_chunks,
             spool_dir: self.spool_dir.clone(),
         })
+    }
+
+    /// What the sandbox allows once start-up is done.
+    pub fn sandbox_config(&self, store: &StoreConfig) -> SandboxConfig {
+        SandboxConfig {
+            seccomp: self.seccomp,
+            landlock: self.landlock,
+            policy: LandlockPolicy::for_daemon(
+                self.cache_dir.as_deref(),
+                self.spool_dir.as_deref(),
+                self.stats_file.as_deref(),
+                store,
+            ),
+        }
     }
 
     pub fn device_config(&self) -> DeviceConfig {

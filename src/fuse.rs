@@ -2,6 +2,7 @@
 //! /dev/fuse, for machines without a VMM and for tests. Knows nothing about
 //! the store.
 
+use std::mem::ManuallyDrop;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -10,6 +11,9 @@ use std::thread::{self, JoinHandle};
 use fuse_backend_rs::api::filesystem::FileSystem;
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::transport::{FuseChannel, FuseSession};
+
+use crate::sandbox::unmount::UnmountHelper;
+use crate::sandbox::SeccompMode;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FuseError {
@@ -23,7 +27,11 @@ pub enum FuseError {
 
 /// A mounted filesystem and the threads serving it. Unmounts when dropped.
 pub struct FuseMount {
-    session: FuseSession,
+    /// Dropping a session unmounts it from this process, which a sandboxed
+    /// daemon may not do: with an unmount helper it is never dropped (the
+    /// descriptor closes at exit).
+    session: ManuallyDrop<FuseSession>,
+    unmount_helper: Option<UnmountHelper>,
     stopping: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
     mounted: bool,
@@ -31,12 +39,35 @@ pub struct FuseMount {
 
 impl FuseMount {
     /// Mounts `fs` read-only at `mountpoint` and serves it with `threads`
-    /// worker threads.
+    /// worker threads. Unmounting needs CAP_SYS_ADMIN then too.
     pub fn mount<F: FileSystem + Send + Sync + 'static>(
         fs: Arc<F>,
         mountpoint: &Path,
         threads: usize,
     ) -> Result<Self, FuseError> {
+        let mut mount = Self::mount_session(mountpoint)?;
+        mount.serve(fs, threads)?;
+        Ok(mount)
+    }
+
+    /// Mounts read-only at `mountpoint` without serving yet, and hands the
+    /// unmount to a helper process that keeps CAP_SYS_ADMIN (see
+    /// [`crate::sandbox::unmount`]), so that the daemon can drop every
+    /// capability before [`FuseMount::serve`]. Call while the process has
+    /// a single thread.
+    pub fn mount_for_sandbox(mountpoint: &Path, seccomp: SeccompMode) -> Result<Self, FuseError> {
+        let mut mount = Self::mount_session(mountpoint)?;
+        let helper = UnmountHelper::spawn(mount.session.mountpoint(), seccomp).map_err(|e| {
+            FuseError::Mount {
+                mountpoint: mountpoint.display().to_string(),
+                detail: e.to_string(),
+            }
+        })?;
+        mount.unmount_helper = Some(helper);
+        Ok(mount)
+    }
+
+    fn mount_session(mountpoint: &Path) -> Result<Self, FuseError> {
         let mount_error = |e: &dyn std::fmt::Display| FuseError::Mount {
             mountpoint: mountpoint.display().to_string(),
             detail: e.to_string(),
@@ -44,27 +75,36 @@ impl FuseMount {
         let mut session = FuseSession::new(mountpoint, "tvix-virtiofsd", "tvix", true)
             .map_err(|e| mount_error(&e))?;
         session.mount().map_err(|e| mount_error(&e))?;
-        let mut mount = Self {
-            session,
+        Ok(Self {
+            session: ManuallyDrop::new(session),
+            unmount_helper: None,
             stopping: Arc::new(AtomicBool::new(false)),
             workers: Vec::new(),
             mounted: true,
-        };
+        })
+    }
+
+    /// Serves `fs` with `threads` worker threads.
+    pub fn serve<F: FileSystem + Send + Sync + 'static>(
+        &mut self,
+        fs: Arc<F>,
+        threads: usize,
+    ) -> Result<(), FuseError> {
         let server = Arc::new(Server::new(fs));
         for i in 0..threads.max(1) {
-            let channel = mount
+            let channel = self
                 .session
                 .new_channel()
                 .map_err(|e| FuseError::Spawn(e.to_string()))?;
             let server = server.clone();
-            let stopping = mount.stopping.clone();
+            let stopping = self.stopping.clone();
             let worker = thread::Builder::new()
                 .name(format!("fuse-{i}"))
                 .spawn(move || serve_channel(&server, channel, &stopping))
                 .map_err(|e| FuseError::Spawn(e.to_string()))?;
-            mount.workers.push(worker);
+            self.workers.push(worker);
         }
-        Ok(mount)
+        Ok(())
     }
 
     /// Unmounts and waits for the worker threads to finish.
@@ -78,10 +118,18 @@ impl FuseMount {
         }
         self.mounted = false;
         self.stopping.store(true, Ordering::SeqCst);
-        let result = self.session.umount().map_err(|e| FuseError::Unmount {
-            mountpoint: self.session.mountpoint().display().to_string(),
-            detail: e.to_string(),
-        });
+        let mountpoint = self.session.mountpoint().display().to_string();
+        let unmount_error = |detail: String| FuseError::Unmount {
+            mountpoint: mountpoint.clone(),
+            detail,
+        };
+        let result = match &mut self.unmount_helper {
+            Some(helper) => helper.unmount().map_err(|e| unmount_error(e.to_string())),
+            None => self
+                .session
+                .umount()
+                .map_err(|e| unmount_error(e.to_string())),
+        };
         if let Err(e) = self.session.wake() {
             tracing::warn!(error = %e, "waking FUSE workers failed");
         }
@@ -96,6 +144,10 @@ impl Drop for FuseMount {
     fn drop(&mut self) {
         if let Err(e) = self.shutdown() {
             tracing::error!(error = %e, "unmount failed");
+        }
+        if self.unmount_helper.is_none() {
+            // SAFETY: the session is dropped here only, once.
+            unsafe { ManuallyDrop::drop(&mut self.session) };
         }
     }
 }

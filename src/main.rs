@@ -1,10 +1,13 @@
 //! tvix-virtiofsd: the daemon. The start-up order is all here, in one
-//! screen: parse the command line, set up logging, connect the store client,
-//! build the filesystem, then serve it over vhost-user or FUSE.
+//! screen: parse the command line, set up logging, open the vhost-user
+//! socket or mount (the only steps that need privilege), enter the sandbox
+//! (before any thread exists), connect the store client, build the
+//! filesystem, then serve it over vhost-user or FUSE.
 
 use std::io::IsTerminal;
 use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixListener;
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -13,6 +16,8 @@ use tvix_virtiofsd::cache::{CachedStore, StatsReporter};
 use tvix_virtiofsd::config::Cli;
 use tvix_virtiofsd::fs::StoreFs;
 use tvix_virtiofsd::fuse::FuseMount;
+use tvix_virtiofsd::notify::Notifier;
+use tvix_virtiofsd::sandbox;
 use tvix_virtiofsd::store::StoreClient;
 use tvix_virtiofsd::vhost_user::VhostUserServer;
 
@@ -24,10 +29,32 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     init_logging(&cli.log_level)?;
+    // systemd's NOTIFY_SOCKET (Type=notify): READY=1 only once serving.
+    let notify = Notifier::from_env();
 
     let store_config = cli.store_config()?;
     let fs_config = cli.fs_config()?;
     let cache_config = cli.cache_config()?;
+
+    // What needs privilege or a path outside the sandbox, while the process
+    // has one thread: the socket, or the mount (its unmount is handed to a
+    // helper process that keeps CAP_SYS_ADMIN).
+    let transport = match (&cli.mount, &cli.socket_path, cli.fd) {
+        (Some(mountpoint), _, _) => Transport::Fuse(Box::new(FuseMount::mount_for_sandbox(
+            mountpoint,
+            cli.seccomp,
+        )?)),
+        (None, Some(path), _) => Transport::VhostUser(listen(path)?),
+        // SAFETY: the caller handed us this descriptor to own (--fd).
+        (None, None, Some(fd)) => Transport::VhostUser(unsafe { UnixListener::from_raw_fd(fd) }),
+        (None, None, None) => unreachable!("clap requires one of --socket-path, --fd, --mount"),
+    };
+    // From here on, for every thread: no capabilities, no_new_privs, the
+    // seccomp allowlist, and (Landlock) only the cache, spool and stats
+    // paths and the store's ports.
+    let sandbox =
+        sandbox::enter(&cli.sandbox_config(&store_config)).context("entering the sandbox")?;
+    tracing::info!(%sandbox, "sandboxed");
 
     // The runtime only drives gRPC; the filesystem's callers block on it
     // from the transport's own threads.
@@ -56,38 +83,59 @@ fn main() -> anyhow::Result<()> {
     let stats = StatsReporter::start(store.stats().clone(), cli.stats_file.clone());
     let fs = Arc::new(StoreFs::new(fs_config, store));
 
-    if let Some(mountpoint) = &cli.mount {
-        let mount = FuseMount::mount(fs, mountpoint, cli.fuse_threads)?;
-        tracing::info!(mountpoint = %mountpoint.display(), "mounted; serving until SIGINT or SIGTERM");
-        runtime.block_on(wait_for_termination())?;
-        mount.unmount()?;
-        tracing::info!("unmounted");
-        stats.finish();
-        return Ok(());
-    }
-
-    let mut server = match (&cli.socket_path, cli.fd) {
-        (Some(path), _) => VhostUserServer::bind(fs, cli.device_config(), path)?,
-        (None, Some(fd)) => {
-            // SAFETY: the caller handed us this descriptor to own (--fd).
-            let listener = unsafe { UnixListener::from_raw_fd(fd) };
-            VhostUserServer::from_listener(fs, cli.device_config(), listener)?
+    let listener = match transport {
+        Transport::VhostUser(listener) => listener,
+        Transport::Fuse(mut mount) => {
+            let mountpoint = cli.mount.as_deref().unwrap_or(Path::new("?"));
+            mount.serve(fs, cli.fuse_threads)?;
+            tracing::info!(mountpoint = %mountpoint.display(), "mounted; serving until SIGINT or SIGTERM");
+            notify.ready(&format!("serving on {}", mountpoint.display()));
+            runtime.block_on(wait_for_termination())?;
+            notify.stopping("unmounting");
+            mount.unmount()?;
+            tracing::info!("unmounted");
+            stats.finish();
+            return Ok(());
         }
-        (None, None) => unreachable!("clap requires one of --socket-path, --fd, --mount"),
     };
+    let mut server = VhostUserServer::from_listener(fs, cli.device_config(), listener)?;
     tracing::info!(
         socket = ?cli.socket_path,
         queues = cli.num_request_queues,
         "waiting for the VMM"
     );
+    let listening_on = match (&cli.socket_path, cli.fd) {
+        (Some(path), _) => path.display().to_string(),
+        (None, fd) => format!("inherited fd {}", fd.unwrap_or(-1)),
+    };
+    notify.ready(&format!("waiting for the VMM on {listening_on}"));
     loop {
         server.serve_one()?;
         tracing::info!("VMM disconnected");
         if !cli.persistent {
+            notify.stopping("VMM disconnected; exiting");
             stats.finish();
             return Ok(());
         }
+        notify.status(&format!(
+            "VMM disconnected; waiting for the next on {listening_on}"
+        ));
     }
+}
+
+/// What the daemon serves on, set up before the sandbox.
+enum Transport {
+    Fuse(Box<FuseMount>),
+    VhostUser(UnixListener),
+}
+
+/// Listens on the vhost-user socket `path`, replacing a stale socket file.
+/// The file stays after exit (the sandbox may not remove files there); the
+/// next start replaces it.
+fn listen(path: &Path) -> anyhow::Result<UnixListener> {
+    let _ = std::fs::remove_file(path);
+    UnixListener::bind(path)
+        .with_context(|| format!("listening on vhost-user socket {}", path.display()))
 }
 
 async fn wait_for_termination() -> anyhow::Result<()> {

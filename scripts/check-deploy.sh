@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# check-deploy.sh — checks of the deployment files (systemd/, nixos-module.nix)
+# that need no running systemd and no nixpkgs:
+#   1. systemd-analyze verify of the unit templates (ExecStart pointed at the
+#      built binary in a temporary copy) must print nothing and succeed;
+#   2. systemd-analyze security --offline=yes: overall exposure <= 1.5 for
+#      both service templates, whose hardening blocks must be identical;
+#   3. systemd-sysusers creates the static user in a scratch root;
+#   4. every --flag the units and the module pass exists in the binary;
+#   5. nix-instantiate parses nixos-module.nix and evaluates
+#      tests/nixos/eval-module.nix (the module against a lib stub, with
+#      assertions on the generated services).
+# Debian 12, as root: installs systemd and nix-bin if missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+max_exposure=1.5
+bin=$PWD/target/debug/tvix-virtiofsd
+units=(tvix-virtiofsd@.service tvix-virtiofsd-activated@.service tvix-virtiofsd@.socket)
+services=(tvix-virtiofsd@.service tvix-virtiofsd-activated@.service)
+
+missing=()
+command -v systemd-analyze >/dev/null || missing+=(systemd)
+command -v nix-instantiate >/dev/null || missing+=(nix-bin)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "+ apt-get install ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi
+[ -x "$bin" ] || cargo build --locked --bin tvix-virtiofsd
+
+fail() { echo "check-deploy: FAIL: $*" >&2; exit 1; }
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+# 1. verify, on copies whose ExecStart is the built binary.
+mkdir "$tmp/units"
+for u in "${units[@]}"; do
+  sed "s|/usr/local/bin/tvix-virtiofsd|$bin|" "systemd/$u" >"$tmp/units/$u"
+done
+grep -q "$bin" "$tmp/units/tvix-virtiofsd@.service" || fail "ExecStart path not substituted"
+out=$(cd "$tmp" && systemd-analyze verify --man=no "${units[@]/#/$tmp/units/}" 2>&1) ||
+  fail "systemd-analyze verify: $out"
+[ -z "$out" ] || fail "systemd-analyze verify printed: $out"
+echo "verify: ${units[*]} ok"
+
+# 2. exposure, and the same hardening in both service templates.
+for s in "${services[@]}"; do
+  report=$(systemd-analyze security --offline=yes --no-pager "$tmp/units/$s" 2>&1) ||
+    fail "systemd-analyze security $s: $report"
+  score=$(sed -n 's/.*Overall exposure level for .*: \([0-9][0-9.]*\) .*/\1/p' <<<"$report")
+  [ -n "$score" ] || fail "no exposure level for $s in: $report"
+  awk -v s="$score" -v m="$max_exposure" 'BEGIN { exit !(s <= m) }' ||
+    fail "$s: exposure $score > $max_exposure:
+$(grep '✗' <<<"$report")"
+  echo "security: $s exposure $score (<= $max_exposure)"
+done
+block() { sed -n '/^# --- hardening/,/^# --- end of hardening/p' "systemd/$1"; }
+[ "$(block "${services[0]}" | wc -l)" -gt 30 ] || fail "no hardening block in ${services[0]}"
+diff <(block "${services[0]}") <(block "${services[1]}") >&2 ||
+  fail "hardening blocks of ${services[*]} differ"
+
+# 3. sysusers.d file.
+mkdir -p "$tmp/root/etc" "$tmp/root/usr/lib/sysusers.d"
+cp systemd/tvix-virtiofsd.conf "$tmp/root/usr/lib/sysusers.d/"
+out=$(systemd-sysusers --root="$tmp/root" 2>&1) || fail "systemd-sysusers: $out"
+grep -q '^tvix-virtiofsd:' "$tmp/root/etc/passwd" || fail "sysusers did not create the user"
+grep -q '^tvix-virtiofsd:' "$tmp/root/etc/group" || fail "sysusers did not create the group"
+echo "sysusers: user and group tvix-virtiofsd"
+
+# 4. flags used by the units and the module exist.
+help=$("$bin" --help)
+flags=$( (
+  grep -hE '^(ExecStart=|    )' systemd/*.service | grep -oE -- '--[a-z][a-z-]+'
+  grep -ohE -- '"--[a-z][a-z-]+"' nixos-module.nix tests/nixos/eval-module.nix | tr -d '"'
+) | sort -u)
+[ "$(wc -w <<<"$flags")" -gt 10 ] || fail "found too few flags: $flags"
+for f in $flags; do
+  grep -qE -- "(^|[ ,])$f([ ,=]|$)" <<<"$help" || fail "$f is not a flag of tvix-virtiofsd"
+done
+echo "flags: $(wc -w <<<"$flags") known to the binary"
+
+# 5. nix: no daemon, no /nix: a dummy store is enough to evaluate.
+nix=(--store dummy:// --option build-users-group "")
+nix-instantiate "${nix[@]}" --parse nixos-module.nix >/dev/null || fail "nixos-module.nix does not parse"
+result=$(nix-instantiate "${nix[@]}" --eval --strict tests/nixos/eval-module.nix) ||
+  fail "tests/nixos/eval-module.nix failed"
+echo "nixos module: ${result//\"/}"
