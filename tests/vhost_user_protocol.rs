@@ -472,8 +472,14 @@ fn bogus_avail_index(guest: &mut Guest, daemon: &VhostUserDaemon, known: &Known)
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_still_serving(guest, known);
+    // Once for the kick; a second time if the queue thread was still
+    // draining the previous request when the bogus index appeared. A device
+    // that spins on the bad ring logs thousands.
     let complaints = daemon.log().matches(COMPLAINT).count();
-    assert_eq!(complaints, 1, "logged {complaints} times for one kick");
+    assert!(
+        (1..=2).contains(&complaints),
+        "logged {complaints} times for one kick"
+    );
 }
 
 /// Starts a daemon, connects as its VMM and goes through a guest's mount.
