@@ -133,7 +133,7 @@ pub struct Cli {
     pub disk_cache_size: u64,
 
     /// Chunks fetched ahead of a sequential reader (0: no readahead).
-    #[arg(long, value_name = "N", default_value_t = 8)]
+    #[arg(long, value_name = "N", default_value_t = 32)]
     pub readahead_chunks: usize,
 
     /// Directory for large blobs the store does not chunk, when there is no

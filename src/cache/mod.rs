@@ -53,7 +53,7 @@ impl Default for CacheConfig {
             disk_dir: None,
             disk_bytes: 10 << 30,
             negative_ttl: Duration::from_secs(1),
-            readahead_chunks: 8,
+            readahead_chunks: 32,
             spool_dir: None,
         }
     }

@@ -84,7 +84,7 @@ impl Default for FsConfig {
             cache: CachePolicy::Always,
             entry_timeout: CachePolicy::Always.default_entry_timeout(),
             negative_root_timeout: Duration::from_secs(1),
-            readahead_chunks: 8,
+            readahead_chunks: 32,
         }
     }
 }
