@@ -20,7 +20,7 @@ use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -87,7 +87,10 @@ pub struct DiskCache {
     max_bytes: u64,
     /// Bytes this daemon may write between two scans.
     slack: u64,
-    written_since_scan: AtomicU64,
+    /// Bytes this daemon put in place since its last scan. Its lock is also
+    /// held while an entry is written and renamed into place, so that no
+    /// entry of this daemon lands between the check and the eviction.
+    written_since_scan: parking_lot::Mutex<u64>,
     stats: std::sync::Arc<Stats>,
 }
 
@@ -112,7 +115,7 @@ impl DiskCache {
             slack: (max_bytes / 16).max(1 << 20),
             root,
             max_bytes,
-            written_since_scan: AtomicU64::new(0),
+            written_since_scan: parking_lot::Mutex::new(0),
             stats,
         };
         cache.evict();
@@ -227,7 +230,8 @@ impl DiskCache {
     /// Stores a verified entry.
     pub fn put(&self, kind: Kind, key: &[u8], payload: &[u8]) {
         let checksum = kind.checksummed().then(|| B3Digest::of(payload));
-        let result = self.write_entry(kind, key, |file| {
+        let len = payload.len() as u64 + checksum.map_or(0, |_| B3Digest::LEN as u64);
+        let result = self.write_entry(kind, key, len, |file| {
             if let Some(c) = &checksum {
                 file.write_all(c.as_bytes())?;
             }
@@ -252,41 +256,44 @@ impl DiskCache {
     ) -> io::Result<File> {
         let len = file.as_file().metadata()?.len();
         let path = self.path(Kind::Blob, digest.as_bytes());
+        let _room = self.make_room(len);
         fs::create_dir_all(path.parent().unwrap_or(&self.root))?;
-        let file = file.persist(&path).map_err(|e| e.error)?;
-        self.account(len);
-        Ok(file)
+        file.persist(&path).map_err(|e| e.error)
     }
 
     fn write_entry(
         &self,
         kind: Kind,
         key: &[u8],
+        len: u64,
         fill: impl FnOnce(&mut File) -> io::Result<()>,
     ) -> io::Result<()> {
         let path = self.path(kind, key);
         if path.exists() {
             return Ok(());
         }
+        let _room = self.make_room(len);
         let mut temp = self.temp_file()?;
         fill(temp.as_file_mut())?;
-        let len = temp.as_file().metadata()?.len();
         fs::create_dir_all(path.parent().unwrap_or(&self.root))?;
         temp.persist(&path).map_err(|e| e.error)?;
-        self.account(len);
         Ok(())
     }
 
-    /// Counts written bytes; past the slack, scans and evicts.
-    fn account(&self, len: u64) {
+    /// Counts `len` more bytes about to be put in place; when that would
+    /// take this daemon past the slack since its last scan, scans and
+    /// evicts first. The returned guard is held until the entry is in place.
+    fn make_room(&self, len: u64) -> parking_lot::MutexGuard<'_, u64> {
         self.stats
             .disk_bytes_written
             .fetch_add(len, Ordering::Relaxed);
-        let written = self.written_since_scan.fetch_add(len, Ordering::Relaxed) + len;
-        if written >= self.slack {
-            self.written_since_scan.store(0, Ordering::Relaxed);
+        let mut written = self.written_since_scan.lock();
+        if *written + len > self.slack {
             self.evict();
+            *written = 0;
         }
+        *written += len;
+        written
     }
 
     /// Under the shared lock: sums the cache and deletes the least recently
