@@ -243,3 +243,15 @@ fn cache_policy_decides_whether_the_guest_page_cache_is_used() {
     // with direct I/O, both do.
     assert!(never > always, "never: {never} lookups, always: {always}");
 }
+
+#[test]
+fn a_store_paths_directories_arrive_in_one_call() {
+    let tree = sample_tree();
+    let fixture = Fixture::start(&tree, &[]);
+    let daemon = Daemon::mount(&fixture.address(), &[]);
+    let name = "hello-2.12";
+    let compared = compare_trees(&tree.join(name), &daemon.path(&fixture.store_path(name)));
+    assert!(compared > 20);
+    // One recursive DirectoryService.Get brought every directory of it.
+    assert_eq!(fixture.stats().get("directory_get").copied(), Some(1));
+}

@@ -92,6 +92,10 @@ impl quick_cache::Weighter<[u8; 20], PathInfoEntry> for Weight {
 
 type MemoryCache<K, V> = quick_cache::sync::Cache<K, V, Weight>;
 
+/// Directories taken from one recursive Get: a store path's tree usually
+/// arrives in one round trip instead of one per directory.
+const DIRECTORY_PREFETCH: usize = 1024;
+
 /// A remembered PathInfo answer.
 #[derive(Clone)]
 enum PathInfoEntry {
@@ -329,13 +333,7 @@ impl CachedStore {
                 self.hit(false);
                 let d = match self.directory_from_disk(digest, size) {
                     Some(d) => d,
-                    None => {
-                        let (d, encoding) = self.call(self.client.directory(digest, Some(size)))?;
-                        if let Some(disk) = &self.disk {
-                            disk.put(Kind::Directory, digest.as_bytes(), &encoding);
-                        }
-                        d
-                    }
+                    None => self.fetch_directories(digest, size)?,
                 };
                 let d = Arc::new(d);
                 self.directories.insert(*digest, d.clone());
@@ -354,6 +352,28 @@ impl CachedStore {
             });
         }
         Ok(directory)
+    }
+
+    /// Fetches `digest` and, in the same call, the Directories below it;
+    /// caches them all and returns the first.
+    fn fetch_directories(&self, digest: &B3Digest, size: u64) -> Result<Directory, StoreError> {
+        let fetched = self.call(
+            self.client
+                .directories(digest, Some(size), DIRECTORY_PREFETCH),
+        )?;
+        let mut root = None;
+        for (directory, encoding) in fetched {
+            if let Some(disk) = &self.disk {
+                disk.put(Kind::Directory, directory.digest.as_bytes(), &encoding);
+            }
+            if root.is_none() {
+                root = Some(directory);
+            } else {
+                self.directories
+                    .insert(directory.digest, Arc::new(directory));
+            }
+        }
+        root.ok_or(StoreError::DirectoryNotFound { digest: *digest })
     }
 
     fn directory_from_disk(&self, digest: &B3Digest, size: u64) -> Option<Directory> {

@@ -3,6 +3,7 @@
 //! castore rules, blob bytes against their BLAKE3 digest and size, PathInfo
 //! nodes against the name that was looked up.
 
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::io;
 use std::time::Duration;
@@ -14,7 +15,9 @@ use tonic::Code;
 
 use super::address::{AddressError, StoreAddress, TlsSettings};
 use super::digest::B3Digest;
-use super::directory::{validate_directory, validate_node, DirEntry, Directory, ValidationError};
+use super::directory::{
+    directory_digest, validate_directory, validate_node, DirEntry, Directory, ValidationError,
+};
 use super::protocol::{PackagePrefix, StoreProtocol};
 use crate::proto::castore::blob_service_client::BlobServiceClient;
 use crate::proto::castore::directory_service_client::DirectoryServiceClient;
@@ -26,6 +29,17 @@ use crate::proto::store::{get_path_info_request, GetPathInfoRequest, ListPathInf
 
 /// Largest message accepted from the store (a Directory with ~100k entries).
 const MAX_MESSAGE_SIZE: usize = 16 << 20;
+/// Most Directory bytes taken from one recursive Get.
+const MAX_PREFETCH_BYTES: usize = 8 << 20;
+
+/// Notes the child directories of `directory` and their sizes.
+fn add_children(directory: &Directory, expected: &mut HashMap<B3Digest, u64>) {
+    for entry in &directory.entries {
+        if let super::directory::Node::Directory { digest, size } = entry.node {
+            expected.insert(digest, size);
+        }
+    }
+}
 
 /// The transport every client uses: a channel under tvix or snix names.
 type Transport = PackagePrefix<Channel>;
@@ -242,44 +256,88 @@ impl StoreClient {
         Ok(entries)
     }
 
-    /// Fetches one Directory and validates it against `digest` and, when the
-    /// parent node gave one, its `expected_size`. Also returns its canonical
+    /// Fetches the Directory `digest` and validates it against the digest
+    /// and, when the parent node gave one, its `expected_size`. With
+    /// `limit` > 1 it asks for the Directories below it too (a recursive
+    /// Get: one round trip for a whole store path) and returns up to `limit`
+    /// of them, root first, each validated against the digest and size its
+    /// parent gave; the rest of the stream is dropped at the first one that
+    /// fails or that nothing refers to. Each comes with its canonical
     /// encoding (what the disk cache keeps).
-    pub async fn directory(
+    pub async fn directories(
         &self,
         digest: &B3Digest,
         expected_size: Option<u64>,
-    ) -> Result<(Directory, Bytes)> {
+        limit: usize,
+    ) -> Result<Vec<(Directory, Bytes)>> {
         let mut client = self.directories.clone();
         let request = GetDirectoryRequest {
             by_what: Some(get_directory_request::ByWhat::Digest(
                 Bytes::copy_from_slice(digest.as_bytes()),
             )),
-            recursive: false,
+            recursive: limit > 1,
         };
         let call = "DirectoryService.Get";
-        let mut stream = match self.bounded(call, digest, client.get(request)).await {
-            Ok(r) => r.into_inner(),
-            Err(StoreError::Rpc { status, .. }) if status.code() == Code::NotFound => {
-                return Err(StoreError::DirectoryNotFound { digest: *digest })
+        let not_found = |e: StoreError| match e {
+            StoreError::Rpc { status, .. } if status.code() == Code::NotFound => {
+                StoreError::DirectoryNotFound { digest: *digest }
             }
-            Err(e) => return Err(e),
+            e => e,
         };
-        let first = match self.bounded(call, digest, stream.message()).await {
-            Ok(Some(d)) => d,
-            Ok(None) => return Err(StoreError::DirectoryNotFound { digest: *digest }),
-            Err(StoreError::Rpc { status, .. }) if status.code() == Code::NotFound => {
-                return Err(StoreError::DirectoryNotFound { digest: *digest })
-            }
-            Err(e) => return Err(e),
-        };
-        let directory = validate_directory(&first, digest, expected_size).map_err(|source| {
+        let mut stream = self
+            .bounded(call, digest, client.get(request))
+            .await
+            .map_err(not_found)?
+            .into_inner();
+        let first = self
+            .bounded(call, digest, stream.message())
+            .await
+            .map_err(not_found)?
+            .ok_or(StoreError::DirectoryNotFound { digest: *digest })?;
+        let root = validate_directory(&first, digest, expected_size).map_err(|source| {
             StoreError::InvalidDirectory {
                 digest: *digest,
                 source,
             }
         })?;
-        Ok((directory, Bytes::from(first.encode_to_vec())))
+
+        // Children the validated Directories refer to, with their sizes.
+        let mut expected: HashMap<B3Digest, u64> = HashMap::new();
+        let mut received: HashSet<B3Digest> = HashSet::from([*digest]);
+        let mut bytes = first.encoded_len();
+        add_children(&root, &mut expected);
+        let mut out = vec![(root, Bytes::from(first.encode_to_vec()))];
+        while out.len() < limit && bytes < MAX_PREFETCH_BYTES {
+            let next = match self.bounded(call, digest, stream.message()).await {
+                Ok(Some(next)) => next,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(root = %digest, error = %e, "recursive directory fetch ended early");
+                    break;
+                }
+            };
+            let child = directory_digest(&next);
+            if received.contains(&child) {
+                continue;
+            }
+            let Some(&size) = expected.get(&child) else {
+                tracing::warn!(root = %digest, child = %child, "store sent a directory nothing refers to; ignoring the rest");
+                break;
+            };
+            match validate_directory(&next, &child, Some(size)) {
+                Ok(directory) => {
+                    bytes += next.encoded_len();
+                    received.insert(child);
+                    add_children(&directory, &mut expected);
+                    out.push((directory, Bytes::from(next.encode_to_vec())));
+                }
+                Err(e) => {
+                    tracing::warn!(root = %digest, directory = %child, error = %e, "recursive directory fetch: rejected one; ignoring the rest");
+                    break;
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The chunks of a blob of `size` bytes, or an empty list when the store
