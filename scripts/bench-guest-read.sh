@@ -33,15 +33,13 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
+BENCH_SCRIPT=$HERE/$(basename "${BASH_SOURCE[0]}")
 cd "$REPO"
+# shellcheck source=scripts/bench-lib.sh
+. "$HERE/bench-lib.sh"
 
 SECTION="## Guest sequential read, 64 MiB"
 DOC=docs/benchmarks.md
-VIRTIOFSD_VERSION=1.14.0
-
-log() { echo "bench: $*" >&2; }
-die() { log "error: $*"; exit 1; }
-usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
 
 write_docs=0 smoke=0
 for a in "$@"; do
@@ -67,60 +65,15 @@ size_bytes=$((size_mib * 1048576))
 file=f${size_mib}M.bin
 
 # ---- build ----------------------------------------------------------------
-case $profile in
-  release) build=(cargo build --release --bins) bindir=$REPO/target/release ;;
-  dev) build=(cargo build --bins) bindir=$REPO/target/debug ;;
-  *) die "PROFILE must be release or dev: $profile" ;;
-esac
-if [ "${NO_BUILD:-0}" = 1 ]; then
-  log "NO_BUILD=1: using the binaries in $bindir as they are"
-else
-  log "${build[*]}"
-  "${build[@]}" >&2
-fi
-for b in tvix-virtiofsd tvix-fixture-store; do
-  [ -x "$bindir/$b" ] || die "missing $bindir/$b"
-done
+bench_build "$profile"
 scripts/vm/build-guest.sh >&2
 
 # ---- reference daemon -----------------------------------------------------
 vfs_bin=
-if [ "$no_vfs" != 1 ]; then
-  vfs_bin=${VIRTIOFSD:-$(command -v virtiofsd || true)}
-  cargo_bin=${CARGO_HOME:-$HOME/.cargo}/bin/virtiofsd
-  [ -n "$vfs_bin" ] || [ ! -x "$cargo_bin" ] || vfs_bin=$cargo_bin
-  if [ -z "$vfs_bin" ]; then
-    missing=()
-    for p in libcap-ng-dev libseccomp-dev pkg-config; do
-      dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-    done
-    if [ ${#missing[@]} -gt 0 ]; then
-      log "apt-get install ${missing[*]} (virtiofsd build deps)"
-      export DEBIAN_FRONTEND=noninteractive
-      apt-get update -qq >&2
-      apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
-    fi
-    log "cargo install virtiofsd --version $VIRTIOFSD_VERSION --locked"
-    cargo install virtiofsd --version "$VIRTIOFSD_VERSION" --locked >&2
-    vfs_bin=$cargo_bin
-  fi
-  [ -x "$vfs_bin" ] || die "virtiofsd not executable: $vfs_bin"
-  vfs_version=$("$vfs_bin" --version 2>/dev/null | awk '{ print $NF; exit }')
-  [ "$vfs_version" = "$VIRTIOFSD_VERSION" ] ||
-    log "warning: $vfs_bin is version $vfs_version, not $VIRTIOFSD_VERSION"
-fi
+[ "$no_vfs" = 1 ] || bench_virtiofsd
 
 # ---- work tree --------------------------------------------------------------
-mkdir -p target/bench
-work=$(mktemp -d "$REPO/target/bench/run.XXXXXX")
-pids=()
-cleanup() {
-  local p
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  if [ "${KEEP:-0}" = 1 ]; then log "kept $work"; else rm -rf "$work"; fi
-}
-trap cleanup EXIT
+bench_workdir
 
 mkdir -p "$work/tree/bench-data"
 head -c "$size_bytes" /dev/urandom >"$work/tree/bench-data/$file"
@@ -128,18 +81,8 @@ host_sha=$(sha256sum "$work/tree/bench-data/$file" | cut -d ' ' -f 1)
 log "work dir $work: bench-data/$file, $size_mib MiB, sha256 $host_sha"
 
 # One fixture store for the whole run; our daemon starts once per boot.
-"$bindir/tvix-fixture-store" --import "$work/tree" --listen "grpc+unix://$work/store.sock" \
-  --chunk-size 262144 >"$work/store.out" 2>"$work/store.log" &
-store_pid=$!
-pids+=("$store_pid")
-for _ in $(seq 300); do
-  grep -q '^LISTENING' "$work/store.out" 2>/dev/null && break
-  kill -0 "$store_pid" 2>/dev/null || { cat "$work/store.log" >&2; die "fixture store exited"; }
-  sleep 0.1
-done
-grep -q '^LISTENING' "$work/store.out" || die "fixture store not listening after 30 s"
-store_path=$(sed -n 's/^STORE_PATH \(.*-bench-data\)$/\1/p' "$work/store.out")
-[ -n "$store_path" ] || die "no STORE_PATH *-bench-data in $work/store.out"
+bench_start_store store "$work/tree"
+store_path=$(bench_store_path store bench-data)
 log "store path $store_path"
 
 # ---- one guest boot ---------------------------------------------------------
@@ -243,10 +186,7 @@ t_total=$(($(date +%s) - t_start))
 load_after=$(cut -d ' ' -f 1 /proc/loadavg)
 
 # ---- report -------------------------------------------------------------------
-median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) printf "%.1f", v[(NR + 1) / 2]; else printf "%.1f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-median2() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) printf "%.2f", v[(NR + 1) / 2]; else printf "%.2f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 col() { awk -v row="$1" -v c="$2" '$1 == row { print $c }' "$results"; }
-join_list() { local out="" x; for x in "$@"; do out+="${out:+, }$x"; done; echo "$out"; }
 
 policy() {
   case $1 in
@@ -263,11 +203,7 @@ label() {
   esac
 }
 
-cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
-commit=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
-[ -z "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] || commit+=" (with uncommitted changes in the work tree)"
-qemu_v=$(qemu-system-x86_64 --version | sed -n '1s/.*version \([^ ]*\).*/\1/p')
-kver=$(cat target/vm/kernel.release 2>/dev/null || echo unknown)
+bench_host_info
 if [ "$smoke" = 1 ]; then
   repro="ACCEL=$ACCEL scripts/bench-guest-read.sh --smoke"
 else
@@ -332,20 +268,4 @@ report() {
 report >"$work/report.md"
 cat "$work/report.md"
 
-if [ "$write_docs" = 1 ]; then
-  mkdir -p docs
-  if [ ! -e "$DOC" ]; then
-    { echo "# Benchmarks"; echo; cat "$work/report.md"; } >"$DOC"
-  elif grep -qxF "$SECTION" "$DOC"; then
-    # Replace from the heading up to the next "## " heading (or the end).
-    awk -v head="$SECTION" -v new="$work/report.md" '
-      $0 == head { while ((getline l < new) > 0) print l; skip = 1; next }
-      skip && /^## / { skip = 0; print "" }
-      !skip { print }' "$DOC" >"$work/doc.new"
-    cat "$work/doc.new" >"$DOC"
-  else
-    { cat "$DOC"; echo; cat "$work/report.md"; } >"$work/doc.new"
-    cat "$work/doc.new" >"$DOC"
-  fi
-  log "wrote $DOC"
-fi
+[ "$write_docs" = 0 ] || bench_write_docs "$DOC" "$SECTION" "$work/report.md"

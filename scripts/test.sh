@@ -14,3 +14,5 @@ cargo test --locked --all-targets
 scripts/check-deploy.sh
 # The benchmark harness must keep working: a tiny run of it.
 scripts/bench-guest-read.sh --smoke
+scripts/bench-cache.sh --smoke
+scripts/bench-vm.sh --smoke
