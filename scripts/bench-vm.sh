@@ -12,8 +12,9 @@
 #                 always, 4 readers on 4 queues), no virtiofsd, dev-profile
 #                 binaries: a quick check (CI) that the harness still works
 #
-# Env (defaults are the full benchmark; under TCG it takes about an hour
-# with REPS=3, see docs/benchmarks.md for a combination that fits in 25 min):
+# Env (defaults are the full benchmark; under TCG here it would take roughly
+# an hour with REPS=3; REPS=3 SIZE_MB=256 PAR_MB=64 FILES=2000
+# CLOSURE_FILES=600 CLOSURE_BIG=8 took 14-18 min, see docs/benchmarks.md):
 #   REPS=3            repetitions; rows interleaved (alternating daemons)
 #   SIZE_MB=1024      the big file: sequential and 4 KiB random reads
 #   PAR_MB=256        each of the 4 files read by 4 parallel readers
@@ -552,7 +553,7 @@ par_table() {
     echo "$line"
   done
   echo
-  echo "Daemon threads during the 4 readers (repetition 1): CPU seconds per thread name, and how many threads of that name used any CPU (vring_worker: one per virtqueue, the first the high-priority queue):"
+  echo "Daemon threads during the 4 readers (repetition 1): CPU seconds per thread name, and how many threads of that name used any CPU (vring_worker: one per virtqueue, the first the high-priority queue). Thread times count in whole clock ticks ($((1000 / tck)) ms), so time spread thinly over many threads (ours: the \"store-client\" blocking threads that read the disk cache) mostly shows as 0 here although the process total above includes it:"
   echo
   for r in "${par_rows[@]}"; do
     echo "- $r: $(awk -v r="$r" '$1 == r && $2 == 1 { for (i = 3; i <= NF; i++) { split($i, a, ":"); if (a[2] + 0 > 0 || a[1] == "vring_worker") printf "%s%s %s s on %s threads", (n++ ? ", " : ""), a[1], a[2], a[3] } }' "$threads")"
@@ -595,6 +596,9 @@ report() {
   echo "- Ours: $profile profile, \`--cache P --memory-cache-size $memcache\` (the hot rows need the file in memory), default \`--readahead-chunks\` (${readahead:-?}); \`tvix-fixture-store --chunk-size 262144 --latency-ms $latency\` over grpc+unix on the same host. Warm disk: a \`--cache-dir\` filled through a FUSE mount before the run (its files in the host page cache, like virtiofsd's tree); cold: an empty one per boot."
   echo "- One fresh daemon per boot; per boot the passes of one workload group (sequential; random + find + tar; 4 readers). Guest caches dropped before every pass except between the find passes. Repetitions: $reps; in each, every row once, daemons alternating."
   echo "- Random reads: one process (static helper) doing $nrand \`pread\`s of 4 KiB at pseudo-random 4 KiB-aligned offsets, the same offsets for every row of a repetition, checksummed against the host."
+  if [ "$smoke" = 0 ] && [ "$size_mib $par_mib $nfiles $nclosure ${closure_mibs[*]}" != "1024 256 10000 3000 8 16 24 32" ]; then
+    echo "- Sizes below the defaults (a 1024 MiB file, 4 × 256 MiB, 10000 files, 3000 closure files plus 8, 16, 24 and 32 MiB) so that the whole run stays under 25 min under TCG here (run time at the end); the defaults take roughly an hour, mostly \`tar c | wc -c\` and find + stat with \`--cache never\`."
+  fi
   echo
   for p in "${policies[@]}"; do policy_tables "$p"; done
   par_table
