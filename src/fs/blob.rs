@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use fuse_backend_rs::api::filesystem::ZeroCopyWriter;
@@ -20,6 +20,9 @@ use crate::store::{B3Digest, Chunk, StoreError};
 /// Blobs (or chunks) up to this size are fetched into memory; larger blobs
 /// without finer chunking go to a file instead.
 pub const MAX_IN_MEMORY_BLOB: u64 = 4 << 20;
+/// Blobs up to this size are read whole without asking for their chunks
+/// (one chunk of a content-defined chunker is about this large anyway).
+const SMALL_BLOB: u64 = 256 << 10;
 
 /// How the bytes of one blob are obtained once it has been opened.
 enum BlobSource {
@@ -37,13 +40,15 @@ struct BlobSlot {
     source: Mutex<Option<Arc<BlobSource>>>,
 }
 
-/// An open file: which blob, how long, its shared source, and where the
-/// last read ended (to recognise sequential reading).
+/// An open file: which blob, how long, its shared source, where the last
+/// read ended and how many reads in a row were sequential (to size the
+/// read-ahead).
 pub struct OpenBlob {
     digest: B3Digest,
     size: u64,
     slot: Arc<BlobSlot>,
     next_offset: AtomicU64,
+    sequential_reads: AtomicU32,
 }
 
 impl OpenBlob {
@@ -85,6 +90,7 @@ impl BlobReader {
             size,
             slot,
             next_offset: AtomicU64::new(0),
+            sequential_reads: AtomicU32::new(0),
         }
     }
 
@@ -111,6 +117,14 @@ impl BlobReader {
         }
         let end = blob.size.min(offset.saturating_add(u64::from(count)));
         let sequential = blob.next_offset.swap(end, Ordering::Relaxed) == offset;
+        let run = if sequential {
+            blob.sequential_reads
+                .fetch_add(1, Ordering::Relaxed)
+                .saturating_add(1)
+        } else {
+            blob.sequential_reads.store(0, Ordering::Relaxed);
+            0
+        };
         match &*self.source(blob)? {
             BlobSource::Chunks(chunks) => {
                 let first = chunks.partition_point(|c| c.offset + c.size <= offset);
@@ -129,8 +143,12 @@ impl BlobReader {
                     written += to - from;
                     last = i;
                 }
-                if sequential && self.readahead_chunks > 0 {
-                    let ahead = chunks.iter().skip(last + 1).take(self.readahead_chunks);
+                if run > 0 && self.readahead_chunks > 0 {
+                    // Like the kernel's: the window doubles with every
+                    // sequential read (2, 4, 8, ...) up to the bound, so a
+                    // reader that only peeks at the start costs little.
+                    let window = self.readahead_chunks.min(1 << run.min(16));
+                    let ahead = chunks.iter().skip(last + 1).take(window);
                     self.store.prefetch(&ahead.copied().collect::<Vec<_>>());
                 }
                 Ok(written)
@@ -158,6 +176,20 @@ impl BlobReader {
             return Ok(s.clone());
         }
         let store_error = |e| ReadError::Store(Arc::new(e));
+        let whole = || {
+            BlobSource::Chunks(Arc::new(vec![Chunk {
+                digest: blob.digest,
+                offset: 0,
+                size: blob.size,
+            }]))
+        };
+        if blob.size <= SMALL_BLOB {
+            // Read whole at once: asking for its chunk list first would cost
+            // a round trip to save none.
+            let new = Arc::new(whole());
+            *source = Some(new.clone());
+            return Ok(new);
+        }
         let chunks = self
             .store
             .chunk_list(&blob.digest, blob.size)
@@ -165,11 +197,7 @@ impl BlobReader {
         let new = if !chunks.is_empty() && chunks.iter().all(|c| c.size <= MAX_IN_MEMORY_BLOB) {
             BlobSource::Chunks(chunks)
         } else if blob.size <= MAX_IN_MEMORY_BLOB {
-            BlobSource::Chunks(Arc::new(vec![Chunk {
-                digest: blob.digest,
-                offset: 0,
-                size: blob.size,
-            }]))
+            whole()
         } else {
             BlobSource::File(
                 self.store
