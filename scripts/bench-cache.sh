@@ -60,16 +60,7 @@ cd "$REPO"
 SECTION="## Cache: cold, warm disk, hot memory"
 DOC=docs/benchmarks.md
 
-write_docs=0 smoke=0
-for a in "$@"; do
-  case $a in
-    --write-docs) write_docs=1 ;;
-    --smoke) smoke=1 ;;
-    -h | --help) usage ;;
-    *) log "unknown argument: $a"; usage ;;
-  esac
-done
-[ "$smoke" = 0 ] || [ "$write_docs" = 0 ] || die "--smoke results do not go into $DOC"
+bench_args "$@"
 [ "$(id -u)" = 0 ] || die "needs root (FUSE mounts, drop_caches, QEMU)"
 
 ACCEL=${ACCEL:-tcg}

@@ -399,3 +399,18 @@ bench_write_docs() {
   fi
   log "wrote $doc"
 }
+
+# bench_args ARGS...: the options every benchmark takes; sets write_docs and
+# smoke (--write-docs, --smoke; -h prints the script's usage).
+bench_args() {
+  write_docs=0 smoke=0
+  for a in "$@"; do
+    case $a in
+      --write-docs) write_docs=1 ;;
+      --smoke) smoke=1 ;;
+      -h | --help) usage ;;
+      *) log "unknown argument: $a"; usage ;;
+    esac
+  done
+  [ "$smoke" = 0 ] || [ "$write_docs" = 0 ] || die "--smoke results do not go into $DOC"
+}
