@@ -272,7 +272,6 @@ impl StoreFs {
     /// "..", 2.. are the sorted entries. Calls `emit` until it returns false.
     fn for_each_entry(
         &self,
-        inode: u64,
         handle: u64,
         offset: u64,
         mut emit: impl FnMut(u64, &[u8], Option<&DirEntry>) -> io::Result<bool>,
@@ -280,7 +279,6 @@ impl StoreFs {
         let listing = self.dir_handle(handle)?;
         let entries = listing.entries();
         let total = entries.len() as u64 + 2;
-        let _ = inode;
         for index in offset..total {
             let (name, entry): (&[u8], _) = match index {
                 0 => (b".", None),
@@ -470,7 +468,7 @@ impl FileSystem for StoreFs {
         offset: u64,
         add_entry: &mut dyn FnMut(FuseDirEntry) -> io::Result<usize>,
     ) -> io::Result<()> {
-        self.for_each_entry(inode, handle, offset, |next, name, entry| {
+        self.for_each_entry(handle, offset, |next, name, entry| {
             let ino = match entry {
                 None => inode,
                 Some(_) => self.inodes.peek(inode, name).unwrap_or(UNKNOWN_INO),
@@ -494,7 +492,7 @@ impl FileSystem for StoreFs {
         offset: u64,
         add_entry: &mut dyn FnMut(FuseDirEntry, Entry) -> io::Result<usize>,
     ) -> io::Result<()> {
-        self.for_each_entry(inode, handle, offset, |next, name, entry| {
+        self.for_each_entry(handle, offset, |next, name, entry| {
             let dirent = |ino| FuseDirEntry {
                 ino,
                 offset: next,
