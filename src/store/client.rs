@@ -86,6 +86,20 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The store answered NOT_FOUND: what is asked for does not exist there.
+    fn is_not_found(&self) -> bool {
+        matches!(self, Self::Rpc { status, .. } if status.code() == Code::NotFound)
+    }
+
+    /// This error, or `missing` if the store answered NOT_FOUND.
+    fn not_found_as(self, missing: impl FnOnce() -> StoreError) -> StoreError {
+        if self.is_not_found() {
+            missing()
+        } else {
+            self
+        }
+    }
+
     /// Whether this error means the store holds bad data (as opposed to
     /// being unreachable or slow).
     pub fn is_corruption(&self) -> bool {
@@ -191,9 +205,7 @@ impl StoreClient {
             .await;
         let info = match answer {
             Ok(response) => response.into_inner(),
-            Err(StoreError::Rpc { status, .. }) if status.code() == Code::NotFound => {
-                return Ok(None)
-            }
+            Err(e) if e.is_not_found() => return Ok(None),
             Err(e) => return Err(e),
         };
         let invalid = |reason: String| StoreError::InvalidPathInfo {
@@ -278,12 +290,8 @@ impl StoreClient {
             recursive: limit > 1,
         };
         let call = "DirectoryService.Get";
-        let not_found = |e: StoreError| match e {
-            StoreError::Rpc { status, .. } if status.code() == Code::NotFound => {
-                StoreError::DirectoryNotFound { digest: *digest }
-            }
-            e => e,
-        };
+        let not_found =
+            |e: StoreError| e.not_found_as(|| StoreError::DirectoryNotFound { digest: *digest });
         let mut stream = self
             .bounded(call, digest, client.get(request))
             .await
@@ -349,16 +357,11 @@ impl StoreClient {
             send_chunks: true,
             send_bao: false,
         };
-        let answer = match self
+        let answer = self
             .bounded("BlobService.Stat", digest, client.stat(request))
             .await
-        {
-            Ok(r) => r.into_inner(),
-            Err(StoreError::Rpc { status, .. }) if status.code() == Code::NotFound => {
-                return Err(StoreError::BlobNotFound { digest: *digest })
-            }
-            Err(e) => return Err(e),
-        };
+            .map_err(|e| e.not_found_as(|| StoreError::BlobNotFound { digest: *digest }))?
+            .into_inner();
         if answer.chunks.len() <= 1 {
             return Ok(Vec::new());
         }
@@ -406,12 +409,8 @@ impl StoreClient {
         let request = ReadBlobRequest {
             digest: Bytes::copy_from_slice(digest.as_bytes()),
         };
-        let not_found = |e: StoreError| match e {
-            StoreError::Rpc { status, .. } if status.code() == Code::NotFound => {
-                StoreError::BlobNotFound { digest: *digest }
-            }
-            e => e,
-        };
+        let not_found =
+            |e: StoreError| e.not_found_as(|| StoreError::BlobNotFound { digest: *digest });
         let mut stream = self
             .bounded(call, digest, client.read(request))
             .await
