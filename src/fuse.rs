@@ -11,6 +11,7 @@ use std::thread::{self, JoinHandle};
 use fuse_backend_rs::api::filesystem::FileSystem;
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::transport::{FuseChannel, FuseSession};
+use tokio::sync::watch;
 
 use crate::sandbox::unmount::UnmountHelper;
 use crate::sandbox::SeccompMode;
@@ -34,6 +35,8 @@ pub struct FuseMount {
     unmount_helper: Option<UnmountHelper>,
     stopping: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
+    /// How many workers still serve; 0 once the kernel closed the channel.
+    live_workers: Arc<watch::Sender<usize>>,
     mounted: bool,
 }
 
@@ -80,6 +83,7 @@ impl FuseMount {
             unmount_helper: None,
             stopping: Arc::new(AtomicBool::new(false)),
             workers: Vec::new(),
+            live_workers: Arc::new(watch::Sender::new(0)),
             mounted: true,
         })
     }
@@ -98,18 +102,50 @@ impl FuseMount {
                 .map_err(|e| FuseError::Spawn(e.to_string()))?;
             let server = server.clone();
             let stopping = self.stopping.clone();
+            let live = LiveWorker::new(self.live_workers.clone());
             let worker = thread::Builder::new()
                 .name(format!("fuse-{i}"))
-                .spawn(move || serve_channel(&server, channel, &stopping))
+                .spawn(move || {
+                    let _live = live;
+                    serve_channel(&server, channel, &stopping)
+                })
                 .map_err(|e| FuseError::Spawn(e.to_string()))?;
             self.workers.push(worker);
         }
         Ok(())
     }
 
+    /// Resolves once every worker has stopped serving by itself: the
+    /// kernel closed the channel because someone unmounted the filesystem
+    /// (or reading /dev/fuse failed). Never resolves before [`Self::serve`].
+    pub async fn closed(&self) {
+        let mut live = self.live_workers.subscribe();
+        if *live.borrow() == 0 {
+            // Not serving yet: nothing can close.
+            std::future::pending::<()>().await;
+        }
+        let _ = live.wait_for(|n| *n == 0).await;
+    }
+
     /// Unmounts and waits for the worker threads to finish.
     pub fn unmount(mut self) -> Result<(), FuseError> {
         self.shutdown()
+    }
+
+    /// Cleans up after [`Self::closed`]: the filesystem is already gone,
+    /// so the unmount helper is dismissed instead of asked to unmount
+    /// whatever is mounted at the path now.
+    pub fn finish_unmounted(mut self) {
+        self.mounted = false;
+        self.stopping.store(true, Ordering::SeqCst);
+        if let Some(helper) = &mut self.unmount_helper {
+            if let Err(e) = helper.dismiss() {
+                tracing::warn!(error = %e, "dismissing the unmount helper failed");
+            }
+        }
+        for worker in self.workers.drain(..) {
+            let _ = worker.join();
+        }
     }
 
     fn shutdown(&mut self) -> Result<(), FuseError> {
@@ -154,6 +190,23 @@ impl Drop for FuseMount {
 
 /// One worker: reads requests from /dev/fuse and answers them until the
 /// session is unmounted.
+/// Counts a worker as live from creation until dropped, which also
+/// covers a worker that panics.
+struct LiveWorker(Arc<watch::Sender<usize>>);
+
+impl LiveWorker {
+    fn new(count: Arc<watch::Sender<usize>>) -> Self {
+        count.send_modify(|n| *n += 1);
+        Self(count)
+    }
+}
+
+impl Drop for LiveWorker {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
+}
+
 fn serve_channel<F: FileSystem + Send + Sync>(
     server: &Server<Arc<F>>,
     mut channel: FuseChannel,
@@ -177,7 +230,8 @@ fn serve_channel<F: FileSystem + Send + Sync>(
             Ok(None) => return,
             Err(e) => {
                 if !stopping.load(Ordering::SeqCst) {
-                    tracing::error!(error = %e, "reading /dev/fuse failed; worker exits");
+                    // Also what an unmount from outside looks like.
+                    tracing::info!(error = %e, "FUSE channel closed; worker exits");
                 }
                 return;
             }

@@ -90,10 +90,21 @@ fn main() -> anyhow::Result<()> {
             mount.serve(fs, cli.fuse_threads)?;
             tracing::info!(mountpoint = %mountpoint.display(), "mounted; serving until SIGINT or SIGTERM");
             notify.ready(&format!("serving on {}", mountpoint.display()));
-            runtime.block_on(wait_for_termination())?;
-            notify.stopping("unmounting");
-            mount.unmount()?;
-            tracing::info!("unmounted");
+            let unmounted_outside = runtime.block_on(async {
+                tokio::select! {
+                    signal = wait_for_termination() => signal.map(|()| false),
+                    () = mount.closed() => Ok(true),
+                }
+            })?;
+            if unmounted_outside {
+                tracing::info!("the filesystem was unmounted; exiting");
+                notify.stopping("unmounted from outside; exiting");
+                mount.finish_unmounted();
+            } else {
+                notify.stopping("unmounting");
+                mount.unmount()?;
+                tracing::info!("unmounted");
+            }
             stats.finish();
             return Ok(());
         }

@@ -5,6 +5,7 @@
 mod common;
 
 use std::os::unix::fs::OpenOptionsExt;
+use std::time::Duration;
 
 use common::*;
 
@@ -211,6 +212,31 @@ fn unmounts_cleanly_on_sigterm() {
         .exists());
     assert!(daemon.stop(), "mount still present after SIGTERM");
     assert!(daemon.log().contains("unmounted"), "log: {}", daemon.log());
+}
+
+#[test]
+fn exits_when_unmounted_from_outside() {
+    let tree = sample_tree();
+    let fixture = Fixture::start(&tree, &[]);
+    let mut daemon = Daemon::mount(&fixture.address(), &[]);
+    assert!(daemon.path(&fixture.store_path("single-file.txt")).exists());
+    let umount = std::process::Command::new("umount")
+        .arg(&daemon.mountpoint)
+        .status()
+        .unwrap();
+    assert!(umount.success());
+    let status = daemon.wait_exit(Duration::from_secs(10));
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "daemon did not exit 0 after umount; log: {}",
+        daemon.log()
+    );
+    assert!(
+        daemon.log().contains("the filesystem was unmounted"),
+        "log: {}",
+        daemon.log()
+    );
 }
 
 /// Reads a file twice with `--cache POLICY` and returns how many chunk

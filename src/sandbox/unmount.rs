@@ -38,6 +38,9 @@ const EXIT_UNMOUNTED: i32 = 0;
 const EXIT_SETUP: i32 = 2;
 const EXIT_UNMOUNT: i32 = 3;
 
+/// The byte that tells the helper to exit without unmounting.
+const DISMISS: u8 = b'd';
+
 /// The daemon's handle on the helper.
 #[derive(Debug)]
 pub struct UnmountHelper {
@@ -87,6 +90,24 @@ impl UnmountHelper {
         if self.pipe.take().is_none() {
             return Ok(());
         }
+        self.wait()
+    }
+
+    /// Has the helper exit without unmounting (the filesystem is gone
+    /// already), and waits until it has.
+    pub fn dismiss(&mut self) -> Result<(), UnmountError> {
+        let Some(pipe) = self.pipe.take() else {
+            return Ok(());
+        };
+        // SAFETY: writes one byte from a local to our own pipe.
+        if unsafe { libc::write(pipe.as_raw_fd(), [DISMISS].as_ptr().cast(), 1) } != 1 {
+            return Err(UnmountError::Wait(io::Error::last_os_error()));
+        }
+        drop(pipe);
+        self.wait()
+    }
+
+    fn wait(&mut self) -> Result<(), UnmountError> {
         let mut status = 0;
         loop {
             // SAFETY: waits for our own child.
@@ -166,6 +187,10 @@ fn helper_main(pipe: OwnedFd, target: &CString, seccomp: SeccompMode) -> ! {
     loop {
         // SAFETY: reads one byte into a local.
         let n = unsafe { libc::read(3, (&mut byte as *mut u8).cast(), 1) };
+        if n == 1 && byte == DISMISS {
+            // SAFETY: ends the helper; the daemon saw the mount go away.
+            unsafe { libc::_exit(EXIT_UNMOUNTED) }
+        }
         if n >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
             break;
         }
