@@ -198,6 +198,11 @@ impl DiskCache {
         let _ = fs::remove_file(&path);
     }
 
+    /// Whether an entry exists, without reading or checking it (one stat).
+    pub fn contains(&self, kind: Kind, key: &[u8]) -> bool {
+        self.path(kind, key).exists()
+    }
+
     /// Opens a whole-blob file for reading, or `None`. The caller verifies
     /// its content (it is too large to read here) and calls
     /// [`DiskCache::reject`] if it fails.

@@ -424,22 +424,42 @@ impl CachedStore {
 
     /// One chunk's verified bytes: from memory, disk, a fetch already under
     /// way, or the store.
+    ///
+    /// A disk hit is read and verified right here on the calling (request)
+    /// thread: a hand-off to the runtime and back costs more than the read.
     pub fn chunk(self: &Arc<Self>, chunk: &Chunk) -> ChunkResult {
         if let Some(data) = self.chunks.get(&chunk.digest) {
             self.hit(true);
             return Ok(data);
         }
         self.hit(false);
+        if !self.in_flight.lock().contains_key(&chunk.digest) {
+            match self.chunk_from_disk(chunk) {
+                Ok(Some(data)) => {
+                    self.chunks.insert(chunk.digest, data.clone());
+                    return Ok(data);
+                }
+                Ok(None) => {}
+                Err(e) => return Err(Arc::new(e)),
+            }
+        }
         let fetch = self.chunk_fetch(chunk);
         self.runtime.block_on(fetch)
     }
 
     /// Starts fetching chunks a sequential reader will want next, in the
-    /// background, up to the readahead bound.
+    /// background, up to the readahead bound. Chunks in the disk cache are
+    /// left to the reader: reading and hashing one costs less than handing
+    /// it to another thread, and parallel disk reads only compete with the
+    /// guest for the same cores.
     pub fn prefetch(self: &Arc<Self>, chunks: &[Chunk]) {
         for chunk in chunks {
             if self.chunks.peek(&chunk.digest).is_some()
                 || self.in_flight.lock().contains_key(&chunk.digest)
+                || self
+                    .disk
+                    .as_ref()
+                    .is_some_and(|d| d.contains(Kind::Chunk, chunk.digest.as_bytes()))
             {
                 continue;
             }
@@ -485,24 +505,32 @@ impl CachedStore {
         fetch
     }
 
-    async fn load_chunk(&self, chunk: &Chunk) -> Result<Bytes, StoreError> {
-        if let Some(disk) = self.disk.clone() {
-            let digest = chunk.digest;
-            let cached =
-                tokio::task::spawn_blocking(move || disk.get(Kind::Chunk, digest.as_bytes()))
-                    .await
-                    .ok()
-                    .flatten();
-            match cached {
-                Some(data) if data.len() as u64 == chunk.size => return Ok(data),
-                Some(data) => {
-                    return Err(StoreError::BlobSizeMismatch {
-                        digest: chunk.digest,
-                        expected: chunk.size,
-                        actual: data.len() as u64,
-                    })
-                }
-                None => {}
+    /// A chunk from the disk cache, verified, or `None` if it is not there
+    /// (or failed its check and was removed).
+    fn chunk_from_disk(&self, chunk: &Chunk) -> Result<Option<Bytes>, StoreError> {
+        let Some(disk) = &self.disk else {
+            return Ok(None);
+        };
+        match disk.get(Kind::Chunk, chunk.digest.as_bytes()) {
+            Some(data) if data.len() as u64 == chunk.size => Ok(Some(data)),
+            Some(data) => Err(StoreError::BlobSizeMismatch {
+                digest: chunk.digest,
+                expected: chunk.size,
+                actual: data.len() as u64,
+            }),
+            None => Ok(None),
+        }
+    }
+
+    async fn load_chunk(self: &Arc<Self>, chunk: &Chunk) -> Result<Bytes, StoreError> {
+        if self.disk.is_some() {
+            let this = self.clone();
+            let chunk_copy = *chunk;
+            let cached = tokio::task::spawn_blocking(move || this.chunk_from_disk(&chunk_copy))
+                .await
+                .unwrap_or(Ok(None))?;
+            if let Some(data) = cached {
+                return Ok(data);
             }
         }
         self.stats.store_requests.fetch_add(1, Ordering::Relaxed);
