@@ -337,3 +337,60 @@ fn reading_two_gib_keeps_memory_bounded() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_sequential_reader_gets_each_chunk_from_a_warm_disk_once() {
+    let tree = sample_tree();
+    let fixture = chunked(&tree);
+    let cache = scratch("warm-disk-readahead");
+    let file = format!("{}/lib/libbig.so", fixture.store_path(PKG));
+    let expected = std::fs::read(tree.join(PKG).join("lib/libbig.so")).unwrap();
+    let chunks = BIG_FILE_SIZE.div_ceil(CHUNK_SIZE);
+
+    let mut first = mount_with(&fixture, &cache_args(&cache));
+    assert!(std::fs::read(first.path(&file)).unwrap() == expected);
+    first.stop();
+    let content_calls = fixture.content_calls();
+
+    // A memory cache far smaller than the file: chunks read ahead must
+    // still be there when the reader gets to them, not read twice.
+    let stats = scratch("warm-disk-readahead-stats").join("stats");
+    let mut args = cache_args(&cache);
+    args.extend(
+        [
+            "--cache",
+            "never",
+            "--memory-cache-size",
+            "4M",
+            "--stats-file",
+        ]
+        .map(String::from),
+    );
+    args.push(stats.display().to_string());
+    let mut second = mount_with(&fixture, &args);
+    let mut served = Vec::with_capacity(expected.len());
+    let mut reader = std::fs::File::open(second.path(&file)).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = std::io::Read::read(&mut reader, &mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        served.extend_from_slice(&buf[..n]);
+    }
+    assert!(served == expected, "served bytes differ from the source");
+    second.stop();
+    let counters = read_counters(&stats);
+    assert_eq!(fixture.content_calls(), content_calls, "went to the store");
+    assert!(
+        counters["readahead_chunks"] > 0,
+        "no read-ahead: {counters:?}"
+    );
+    // A reader that catches up with the read-ahead thread may read a chunk
+    // the thread has just started on; every chunk read twice would double.
+    assert!(
+        counters["disk_hits"] >= chunks && counters["disk_hits"] <= chunks + chunks / 8,
+        "{} disk reads for {chunks} chunks: {counters:?}",
+        counters["disk_hits"]
+    );
+}

@@ -153,7 +153,9 @@ impl DiskCache {
                 return None;
             }
         };
-        let mut data = Vec::new();
+        let len = file.metadata().map_or(0, |m| m.len() as usize);
+        let mut data = Vec::with_capacity(len);
+        populate(&mut data);
         if let Err(e) = file.read_to_end(&mut data) {
             tracing::warn!(path = %path.display(), error = %e, "reading a cache file failed; treated as a miss");
             self.stats.disk_misses.fetch_add(1, Ordering::Relaxed);
@@ -364,6 +366,29 @@ impl DiskCache {
 
 /// Adds every file below `dir` (two levels: fan-out directories) with its
 /// size and modification time.
+/// Faults in the spare capacity of `buf` with one call instead of a page
+/// fault per 4 KiB page during the read: new memory for a filling cache
+/// costs more in page faults than the read itself. Best effort (needs
+/// Linux 5.14).
+fn populate(buf: &mut Vec<u8>) {
+    const PAGE: usize = 4096;
+    let spare = buf.spare_capacity_mut();
+    let start = spare.as_mut_ptr() as usize;
+    let aligned = start.next_multiple_of(PAGE);
+    let end = (start + spare.len()) & !(PAGE - 1);
+    if end > aligned {
+        // SAFETY: the range lies within this Vec's own allocation, which
+        // holds no values yet; populating only faults its pages in.
+        unsafe {
+            libc::madvise(
+                aligned as *mut libc::c_void,
+                end - aligned,
+                libc::MADV_POPULATE_WRITE,
+            );
+        }
+    }
+}
+
 fn collect_files(dir: &Path, out: &mut Vec<(PathBuf, u64, SystemTime)>, total: &mut u64) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;

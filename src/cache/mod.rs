@@ -6,6 +6,7 @@
 //! store down, everything cached keeps being served.
 
 pub mod disk;
+mod readahead;
 pub mod stats;
 
 use std::collections::{HashMap, HashSet};
@@ -13,7 +14,7 @@ use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -27,6 +28,7 @@ use crate::proto::castore;
 use crate::store::directory::{validate_directory, validate_node};
 use crate::store::{B3Digest, Chunk, DirEntry, Directory, StoreClient, StoreError};
 use disk::{DiskCache, DiskCacheError, Kind};
+use readahead::DiskReadahead;
 pub use stats::{Stats, StatsReporter};
 
 /// How much to keep where.
@@ -109,6 +111,19 @@ enum PathInfoEntry {
 
 type ChunkResult = Result<Bytes, Arc<StoreError>>;
 type ChunkFuture = Shared<BoxFuture<'static, ChunkResult>>;
+/// Where a disk read hands its result (`None`: not on disk) to waiters.
+type DiskReadDone = tokio::sync::oneshot::Sender<Option<ChunkResult>>;
+
+/// The outcome of [`CachedStore::claim_disk_read`].
+enum DiskClaim {
+    /// Ours to read; the future is what waiters get (it fetches from the
+    /// store if the read finds nothing).
+    Mine(DiskReadDone, ChunkFuture),
+    /// Being read or fetched already, or in memory: wait for this.
+    Taken(ChunkFuture),
+    /// There is no disk cache.
+    NoDisk,
+}
 
 /// The store as the filesystem sees it: cached, verified, shared fetches.
 pub struct CachedStore {
@@ -123,6 +138,9 @@ pub struct CachedStore {
     path_infos: MemoryCache<[u8; 20], PathInfoEntry>,
     in_flight: Mutex<HashMap<B3Digest, ChunkFuture>>,
     readahead: Arc<Semaphore>,
+    /// Started on first use, after the sandbox is in place; `None` without
+    /// a disk cache or if the thread could not be started.
+    disk_readahead: OnceLock<Option<DiskReadahead>>,
     /// Whole blobs on disk already verified by this process.
     verified_blobs: Mutex<HashSet<B3Digest>>,
 }
@@ -134,11 +152,16 @@ fn memory_cache<K: Eq + std::hash::Hash, V: Clone>(
 where
     Weight: quick_cache::Weighter<K, V>,
 {
-    quick_cache::sync::Cache::with_weighter(
-        (bytes / typical_item).clamp(16, 1 << 20) as usize,
-        bytes,
-        Weight,
-    )
+    let options = quick_cache::OptionsBuilder::new()
+        .estimated_items_capacity((bytes / typical_item).clamp(16, 1 << 20) as usize)
+        .weight_capacity(bytes)
+        // New entries wait in the cold tenth (S3-FIFO's usual split, where
+        // quick_cache's default is 3%) until used: long enough for chunks
+        // read ahead to still be there when the reader gets to them.
+        .hot_allocation(0.9)
+        .build()
+        .expect("cache options are complete");
+    quick_cache::sync::Cache::with_options(options, Weight, Default::default(), Default::default())
 }
 
 /// Chunk lists on disk: 32 bytes of digest and 8 of size (LE) per chunk.
@@ -198,6 +221,7 @@ impl CachedStore {
             path_infos: memory_cache(infos, 256),
             readahead: Arc::new(Semaphore::new(config.readahead_chunks.max(1) * 2)),
             in_flight: Mutex::new(HashMap::new()),
+            disk_readahead: OnceLock::new(),
             verified_blobs: Mutex::new(HashSet::new()),
             client,
             runtime,
@@ -433,38 +457,58 @@ impl CachedStore {
             return Ok(data);
         }
         self.hit(false);
-        if !self.in_flight.lock().contains_key(&chunk.digest) {
-            match self.chunk_from_disk(chunk) {
-                Ok(Some(data)) => {
-                    self.chunks.insert(chunk.digest, data.clone());
-                    return Ok(data);
+        let wait = match self.claim_disk_read(chunk) {
+            DiskClaim::Mine(done, wait) => match self.read_claimed(chunk, done, true) {
+                Some(read) => {
+                    self.in_flight.lock().remove(&chunk.digest);
+                    return read;
                 }
-                Ok(None) => {}
-                Err(e) => return Err(Arc::new(e)),
+                // Not on disk: `wait` fetches it from the store.
+                None => wait,
+            },
+            DiskClaim::Taken(wait) => wait,
+            DiskClaim::NoDisk => self.chunk_fetch(chunk),
+        };
+        let result = self.runtime.block_on(wait);
+        // A chunk read ahead waits in `in_flight` for its reader, outside
+        // the memory cache: taken now, and kept as any chunk read.
+        if let Ok(data) = &result {
+            if self.chunks.peek(&chunk.digest).is_none() {
+                self.chunks.insert(chunk.digest, data.clone());
             }
         }
-        let fetch = self.chunk_fetch(chunk);
-        self.runtime.block_on(fetch)
+        self.release_if_done(&chunk.digest);
+        result
     }
 
-    /// Starts fetching chunks a sequential reader will want next, in the
-    /// background, up to the readahead bound. Chunks in the disk cache are
-    /// left to the reader: reading and hashing one costs less than handing
-    /// it to another thread, and parallel disk reads only compete with the
-    /// guest for the same cores.
-    pub fn prefetch(self: &Arc<Self>, chunks: &[Chunk]) {
-        for chunk in chunks {
+    /// Starts getting the chunks a sequential reader will want next, in the
+    /// background: those in the disk cache through the one disk read-ahead
+    /// thread, the others from the store, up to the readahead bound.
+    /// Only the first `from_disk` of `chunks` may be read ahead from disk:
+    /// a short distance keeps the thread ahead of the reader, a long one
+    /// would push chunks out of a small memory cache before they are read.
+    /// Returns how many of `chunks` are taken care of; the rest could not
+    /// be queued now.
+    pub fn prefetch(self: &Arc<Self>, chunks: &[Chunk], from_disk: usize) -> usize {
+        for (queued, chunk) in chunks.iter().enumerate() {
             if self.chunks.peek(&chunk.digest).is_some()
                 || self.in_flight.lock().contains_key(&chunk.digest)
-                || self
-                    .disk
-                    .as_ref()
-                    .is_some_and(|d| d.contains(Kind::Chunk, chunk.digest.as_bytes()))
             {
                 continue;
             }
+            if let Some(disk) = &self.disk {
+                if disk.contains(Kind::Chunk, chunk.digest.as_bytes()) {
+                    if queued >= from_disk
+                        || !self.disk_readahead().is_some_and(|r| r.request(*chunk))
+                    {
+                        return queued;
+                    }
+                    self.stats.readahead_chunks.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            }
             let Ok(permit) = self.readahead.clone().try_acquire_owned() else {
-                return;
+                return queued;
             };
             self.stats.readahead_chunks.fetch_add(1, Ordering::Relaxed);
             let fetch = self.chunk_fetch(chunk);
@@ -472,6 +516,105 @@ impl CachedStore {
                 let _ = fetch.await;
                 drop(permit);
             });
+        }
+        chunks.len()
+    }
+
+    fn disk_readahead(self: &Arc<Self>) -> Option<&DiskReadahead> {
+        self.disk_readahead
+            .get_or_init(|| {
+                DiskReadahead::start(Arc::downgrade(self))
+                    .inspect_err(|e| tracing::warn!(error = %e, "no disk read-ahead thread"))
+                    .ok()
+            })
+            .as_ref()
+    }
+
+    /// Run by the disk read-ahead thread: reads one chunk from the disk
+    /// cache unless it is in memory or on its way already, and returns
+    /// whether it did. The result stays in `in_flight`, not in the memory
+    /// cache, until its reader takes it or [`Self::release_if_done`] lets
+    /// it go: a small memory cache could drop it before the reader gets
+    /// there, and chunks read ahead would push out the ones being read.
+    fn read_ahead_from_disk(self: &Arc<Self>, chunk: &Chunk) -> bool {
+        match self.claim_disk_read(chunk) {
+            DiskClaim::Mine(done, _) => {
+                if self.read_claimed(chunk, done, false).is_none() {
+                    // Gone from disk: a reader that joined meanwhile
+                    // fetches it; a later one starts its own fetch.
+                    self.in_flight.lock().remove(&chunk.digest);
+                }
+                true
+            }
+            DiskClaim::Taken(_) | DiskClaim::NoDisk => false,
+        }
+    }
+
+    /// Claims the disk read of `chunk` in `in_flight`, so that the reader
+    /// and the read-ahead thread never both read it: whoever comes second
+    /// waits for the first.
+    fn claim_disk_read(self: &Arc<Self>, chunk: &Chunk) -> DiskClaim {
+        if self.disk.is_none() {
+            return DiskClaim::NoDisk;
+        }
+        let mut in_flight = self.in_flight.lock();
+        if let Some(running) = in_flight.get(&chunk.digest) {
+            self.stats
+                .singleflight_joins
+                .fetch_add(1, Ordering::Relaxed);
+            return DiskClaim::Taken(running.clone());
+        }
+        // Chunks reach memory before they leave `in_flight`, so one that
+        // arrived since the caller looked is seen here.
+        if let Some(data) = self.chunks.peek(&chunk.digest) {
+            return DiskClaim::Taken(futures::future::ready(Ok(data)).boxed().shared());
+        }
+        let (done, read) = tokio::sync::oneshot::channel::<Option<ChunkResult>>();
+        let this = self.clone();
+        let chunk = *chunk;
+        let wait = async move {
+            match read.await {
+                Ok(Some(read)) => read,
+                // Not on disk (or the claimer is gone): the first waiter
+                // fetches it from the store for all.
+                _ => {
+                    let fetched = this.fetch_from_store(&chunk).await;
+                    if let Ok(data) = &fetched {
+                        this.chunks.insert(chunk.digest, data.clone());
+                    }
+                    fetched.map_err(Arc::new)
+                }
+            }
+        }
+        .boxed()
+        .shared();
+        in_flight.insert(chunk.digest, wait.clone());
+        DiskClaim::Mine(done, wait)
+    }
+
+    /// Reads a claimed chunk from disk (into memory if `keep`) and hands
+    /// the result to those waiting for it; `None` if it is not on disk.
+    fn read_claimed(&self, chunk: &Chunk, done: DiskReadDone, keep: bool) -> Option<ChunkResult> {
+        let read = match self.chunk_from_disk(chunk) {
+            Ok(Some(data)) => {
+                if keep {
+                    self.chunks.insert(chunk.digest, data.clone());
+                }
+                Some(Ok(data))
+            }
+            Ok(None) => None,
+            Err(e) => Some(Err(Arc::new(e))),
+        };
+        let _ = done.send(read.clone());
+        read
+    }
+
+    /// Removes the `in_flight` entry of `digest` if it has its result (a
+    /// chunk read ahead that its reader took, or that none came for).
+    fn release_if_done(&self, digest: &B3Digest) {
+        let mut in_flight = self.in_flight.lock();
+        if in_flight.get(digest).is_some_and(|f| f.peek().is_some()) {
+            in_flight.remove(digest);
         }
     }
 
@@ -533,6 +676,11 @@ impl CachedStore {
                 return Ok(data);
             }
         }
+        self.fetch_from_store(chunk).await
+    }
+
+    /// Fetches a chunk from the store, verified, and writes it to disk.
+    async fn fetch_from_store(&self, chunk: &Chunk) -> Result<Bytes, StoreError> {
         self.stats.store_requests.fetch_add(1, Ordering::Relaxed);
         self.stats.fetches_in_flight.fetch_add(1, Ordering::Relaxed);
         let result = self

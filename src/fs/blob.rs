@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 use fuse_backend_rs::api::filesystem::ZeroCopyWriter;
@@ -23,6 +23,9 @@ pub const MAX_IN_MEMORY_BLOB: u64 = 4 << 20;
 /// Blobs up to this size are read whole without asking for their chunks
 /// (one chunk of a content-defined chunker is about this large anyway).
 const SMALL_BLOB: u64 = 256 << 10;
+/// How many chunks past a sequential read are read ahead from the disk
+/// cache: enough to keep the read-ahead thread busy while the guest works.
+const DISK_READAHEAD: usize = 8;
 
 /// How the bytes of one blob are obtained once it has been opened.
 enum BlobSource {
@@ -41,14 +44,16 @@ struct BlobSlot {
 }
 
 /// An open file: which blob, how long, its shared source, where the last
-/// read ended and how many reads in a row were sequential (to size the
-/// read-ahead).
+/// read ended, how many reads in a row were sequential (to size the
+/// read-ahead) and how far read-ahead got.
 pub struct OpenBlob {
     digest: B3Digest,
     size: u64,
     slot: Arc<BlobSlot>,
     next_offset: AtomicU64,
     sequential_reads: AtomicU32,
+    /// Index of the first chunk not yet handed to read-ahead.
+    readahead_end: AtomicUsize,
 }
 
 impl OpenBlob {
@@ -91,6 +96,7 @@ impl BlobReader {
             slot,
             next_offset: AtomicU64::new(0),
             sequential_reads: AtomicU32::new(0),
+            readahead_end: AtomicUsize::new(0),
         }
     }
 
@@ -143,13 +149,21 @@ impl BlobReader {
                     written += to - from;
                     last = i;
                 }
-                if run > 0 && self.readahead_chunks > 0 {
+                if run == 0 {
+                    blob.readahead_end.store(0, Ordering::Relaxed);
+                } else if self.readahead_chunks > 0 {
                     // Like the kernel's: the window doubles with every
                     // sequential read (2, 4, 8, ...) up to the bound, so a
                     // reader that only peeks at the start costs little.
+                    // Chunks already handed over are not looked at again.
                     let window = self.readahead_chunks.min(1 << run.min(16));
-                    let ahead = chunks.iter().skip(last + 1).take(window);
-                    self.store.prefetch(&ahead.copied().collect::<Vec<_>>());
+                    let end = chunks.len().min(last + 1 + window);
+                    let start = (last + 1).max(blob.readahead_end.load(Ordering::Relaxed));
+                    if start < end {
+                        let from_disk = (last + 1 + DISK_READAHEAD).saturating_sub(start);
+                        let queued = self.store.prefetch(&chunks[start..end], from_disk);
+                        blob.readahead_end.store(start + queued, Ordering::Relaxed);
+                    }
                 }
                 Ok(written)
             }
