@@ -50,12 +50,8 @@
 # Progress goes to stderr; the markdown result to stdout.
 set -euo pipefail
 
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO=$(cd "$HERE/.." && pwd)
-BENCH_SCRIPT=$HERE/$(basename "${BASH_SOURCE[0]}")
-cd "$REPO"
 # shellcheck source=scripts/bench-lib.sh
-. "$HERE/bench-lib.sh"
+. "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh"
 
 SECTION="## Cache: cold, warm disk, hot memory"
 DOC=docs/benchmarks.md

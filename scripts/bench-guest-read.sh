@@ -31,12 +31,8 @@
 # Progress goes to stderr; the markdown result to stdout.
 set -euo pipefail
 
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO=$(cd "$HERE/.." && pwd)
-BENCH_SCRIPT=$HERE/$(basename "${BASH_SOURCE[0]}")
-cd "$REPO"
 # shellcheck source=scripts/bench-lib.sh
-. "$HERE/bench-lib.sh"
+. "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh"
 
 SECTION="## Guest sequential read, 64 MiB"
 DOC=docs/benchmarks.md

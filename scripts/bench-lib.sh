@@ -1,9 +1,14 @@
 # shellcheck shell=bash
 # bench-lib.sh — helpers shared by scripts/bench-*.sh. Sourced, not run.
 #
-# The caller sets REPO (repository root, also the cwd) and BENCH_SCRIPT (its
-# own absolute path, for usage) before sourcing. Functions report through
-# log/die and keep their state in the globals named in their comments.
+# Sourcing sets REPO (the repository root, also made the cwd) and
+# BENCH_SCRIPT (the calling script's absolute path, for usage). Functions
+# report through log/die and keep their state in the globals named in their
+# comments.
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BENCH_SCRIPT=$(cd "$(dirname "$0")" && pwd)/$(basename "$0")
+cd "$REPO"
 
 log() { echo "bench: $*" >&2; }
 die() { log "error: $*"; exit 1; }

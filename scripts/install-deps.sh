@@ -8,11 +8,12 @@
 #   linux-image-cloud-amd64  the test guest's kernel (virtiofs as a module)
 #   fuse3                    /dev/fuse tooling for --mount
 #   gcc pkg-config           C parts of crates (blake3's assembly)
+#   the shellcheck linter    checks the scripts (scripts/test.sh)
 #
 # Rust itself (cargo, rustc, rustfmt, clippy) is expected from rustup.
 set -euo pipefail
 
-packages=(qemu-system-x86 busybox-static cpio linux-image-cloud-amd64 fuse3 gcc pkg-config)
+packages=(qemu-system-x86 busybox-static cpio linux-image-cloud-amd64 fuse3 gcc pkg-config shellcheck)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
+shellcheck -x -S warning scripts/*.sh scripts/vm/*.sh .ci/run
 scripts/vm/build-guest.sh
 cargo test --locked --all-targets
 # Deployment files: systemd units (verify, exposure), NixOS module (eval).
