@@ -61,12 +61,8 @@
 # Progress goes to stderr; the markdown result to stdout.
 set -euo pipefail
 
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO=$(cd "$HERE/.." && pwd)
-BENCH_SCRIPT=$HERE/$(basename "${BASH_SOURCE[0]}")
-cd "$REPO"
 # shellcheck source=scripts/bench-lib.sh
-. "$HERE/bench-lib.sh"
+. "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh"
 
 SECTION="## Guest workloads vs virtiofsd"
 DOC=docs/benchmarks.md
@@ -544,7 +540,7 @@ par_table() {
     echo "$line"
   done
   echo
-  echo "Daemon threads during the 4 readers (repetition 1): CPU seconds per thread name, and how many threads of that name used any CPU (vring_worker: one per virtqueue, the first the high-priority queue). Thread times count in whole clock ticks ($((1000 / tck)) ms), so time spread thinly over many threads (ours: the \"store-client\" blocking threads that read the disk cache) mostly shows as 0 here although the process total above includes it:"
+  echo "Daemon threads during the 4 readers (repetition 1): CPU seconds per thread name, and how many threads of that name used any CPU (vring_worker: one per virtqueue, the first the high-priority queue). Thread times count in whole clock ticks ($((1000 / tck)) ms), so time spread thinly over many threads (ours: the \"store-client\" runtime threads that fetch from the store) mostly shows as 0 here although the process total above includes it; ours reads the warm disk cache on the request threads and on one \"disk-readahead\" thread:"
   echo
   for r in "${par_rows[@]}"; do
     echo "- $r: $(awk -v r="$r" '$1 == r && $2 == 1 { for (i = 3; i <= NF; i++) { split($i, a, ":"); if (a[2] + 0 > 0 || a[1] == "vring_worker") printf "%s%s %s s on %s threads", (n++ ? ", " : ""), a[1], a[2], a[3] } }' "$threads")"
@@ -629,7 +625,7 @@ report() {
   if [ "$ACCEL" = tcg ]; then
     echo "What limits each figure under TCG (2 host CPUs shared by the two vCPU threads, the daemons and the fixture store):"
     echo
-    echo "- Sequential read, \`--cache never\`: the daemon writes straight into guest memory, so its own work per request shows: virtiofsd does one \`pread\`; ours copies from its memory cache (hot), or reads the 256 KiB chunk file and hashes it again with BLAKE3 before serving it (warm disk), or fetches it over gRPC, verifies it and writes it to disk (cold, where the ${latency} ms store latency is hidden by read-ahead as long as the CPU keeps up). Every cycle the daemon spends is taken from the vCPU threads."
+    echo "- Sequential read, \`--cache never\`: the daemon writes straight into guest memory, so its own work per request shows: virtiofsd does one \`pread\`; ours copies from its memory cache (hot), or reads the 256 KiB chunk file into new memory and hashes it again with BLAKE3 before serving it (warm disk: on the request thread and one read-ahead thread; \`scripts/profile-vm.sh\` shows hashing, the read's copy and the page faults of the growing memory cache as the largest parts), or fetches it over gRPC, verifies it and writes it to disk (cold, where the ${latency} ms store latency is hidden by read-ahead as long as the CPU keeps up). Every cycle the daemon spends is taken from the vCPU threads."
     echo "- Sequential read and 4 readers, \`--cache always\`: the guest kernel copies every byte into its page cache and out to \`dd\` in emulated code; that memcpy bounds both daemons alike, so the ratios stay near 1."
     echo "- Random 4 KiB reads: one round trip each (guest exit, daemon, interrupt). A warm-disk read of ours reads and verifies the whole 256 KiB chunk it falls in (64 times the bytes virtiofsd reads); hot reads come from memory; cold ones add a store round trip."
     echo "- find + stat: one round trip per lookup and getattr, plus busybox's own work in emulated code; with \`--cache never\` every \`stat\` looks up each path component again, with \`--cache always\` the second pass does not leave the guest."
