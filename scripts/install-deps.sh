@@ -5,12 +5,7 @@
 #
 #   qemu-system-x86          the VMM used by the guest tests and the demo
 #   busybox-static cpio      the test guest's initramfs
-#   linux-image-cloud-amd64  a guest kernel (6.1; virtiofs as a module)
-#   linux-image-6.12.*-cloud-amd64-unsigned  the newest 6.12 cloud kernel
-#                            of Debian 12, which build-guest.sh prefers: its
-#                            virtio-fs driver spreads requests over the
-#                            request queues (one per vCPU), 6.1's uses the
-#                            first only
+#   linux-image-cloud-amd64  the test guest's kernel (virtiofs as a module)
 #   fuse3                    /dev/fuse tooling for --mount
 #   gcc pkg-config           C parts of crates (blake3's assembly)
 #   the shellcheck linter    checks the scripts (scripts/test.sh)
@@ -19,17 +14,6 @@
 set -euo pipefail
 
 packages=(qemu-system-x86 busybox-static cpio linux-image-cloud-amd64 fuse3 gcc pkg-config shellcheck)
-# Versioned package names: take the newest the archive has now.
-if ! compgen -G '/boot/vmlinuz-6.12.*-cloud-amd64' >/dev/null; then
-  apt-get update -qq
-  k612=$(apt-cache search --names-only '^linux-image-6\.12\.[0-9]+\+deb12-cloud-amd64-unsigned$' |
-    awk '{ print $1 }' | sort -V | tail -n 1)
-  if [ -n "$k612" ]; then
-    packages+=("$k612")
-  else
-    echo "warning: no 6.12 cloud kernel in the archive; the guest runs 6.1 (one request queue used)" >&2
-  fi
-fi
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

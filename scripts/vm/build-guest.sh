@@ -6,8 +6,7 @@
 #   OUTDIR  default: <repo>/target/vm
 #
 # Env:
-#   KVER=     kernel release in /boot (default: newest *-cloud-amd64, 6.12
-#             once scripts/install-deps.sh has run)
+#   KVER=     kernel release in /boot (default: newest *-cloud-amd64)
 #   FORCE=1   rebuild even if the outputs are up to date
 #   NO_APT=1  never run apt-get; fail if something is missing
 #
