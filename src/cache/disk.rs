@@ -48,15 +48,19 @@ pub enum Kind {
     ChunkList,
     /// A store path's root node, checksummed, named by its output hash.
     PathInfo,
+    /// A chunk's group chaining values (see `outboard.rs`), checked on use
+    /// against the chunk's digest, so stored without a checksum.
+    Outboard,
 }
 
 impl Kind {
-    const ALL: [Kind; 5] = [
+    const ALL: [Kind; 6] = [
         Kind::Chunk,
         Kind::Blob,
         Kind::Directory,
         Kind::ChunkList,
         Kind::PathInfo,
+        Kind::Outboard,
     ];
 
     fn dir(self) -> &'static str {
@@ -66,6 +70,7 @@ impl Kind {
             Kind::Directory => "directories",
             Kind::ChunkList => "chunklists",
             Kind::PathInfo => "pathinfos",
+            Kind::Outboard => "outboards",
         }
     }
 
@@ -169,9 +174,11 @@ impl DiskCache {
             } else {
                 Some(Bytes::from(data).slice(B3Digest::LEN..))
             }
-        } else if kind == Kind::Directory || B3Digest::of(&data).as_bytes()[..] == key[..] {
-            // Directories are checked by the caller, which validates them
-            // against their digest anyway.
+        } else if matches!(kind, Kind::Directory | Kind::Outboard)
+            || B3Digest::of(&data).as_bytes()[..] == key[..]
+        {
+            // Directories and outboards are checked by the caller, which
+            // verifies them against a digest anyway.
             Some(Bytes::from(data))
         } else {
             None
@@ -187,6 +194,18 @@ impl DiskCache {
                 None
             }
         }
+    }
+
+    /// `len` bytes at `offset` of an entry, unchecked (the caller verifies
+    /// them), or `None` if the entry is missing or shorter.
+    pub fn get_range(&self, kind: Kind, key: &[u8], offset: u64, len: usize) -> Option<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let file = File::open(self.path(kind, key)).ok()?;
+        let mut data = vec![0; len];
+        file.read_exact_at(&mut data, offset).ok()?;
+        self.touch(&file);
+        self.stats.disk_range_reads.fetch_add(1, Ordering::Relaxed);
+        Some(data)
     }
 
     /// Removes an entry that failed verification.

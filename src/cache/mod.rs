@@ -6,6 +6,7 @@
 //! store down, everything cached keeps being served.
 
 pub mod disk;
+mod outboard;
 mod readahead;
 pub mod stats;
 
@@ -113,6 +114,16 @@ type ChunkResult = Result<Bytes, Arc<StoreError>>;
 type ChunkFuture = Shared<BoxFuture<'static, ChunkResult>>;
 /// Where a disk read hands its result (`None`: not on disk) to waiters.
 type DiskReadDone = tokio::sync::oneshot::Sender<Option<ChunkResult>>;
+
+/// Why [`CachedStore::chunk_part`] did not serve a part of a chunk.
+#[derive(Debug, PartialEq)]
+pub enum PartMiss {
+    /// No disk cache, a small chunk, or the chunk is (about to be) in
+    /// memory or not on disk.
+    NotApplicable,
+    /// The chunk is on disk but its outboard is missing or was wrong.
+    NoOutboard,
+}
 
 /// The outcome of [`CachedStore::claim_disk_read`].
 enum DiskClaim {
@@ -481,6 +492,49 @@ impl CachedStore {
         result
     }
 
+    /// Bytes `from..to` of `chunk` (offsets within it) when the chunk is
+    /// not in memory or on its way, read from the disk cache without the
+    /// rest of the chunk and verified through its outboard. `None` when
+    /// that does not apply or fails; the caller then takes the whole chunk
+    /// through [`Self::chunk`], which also finds out what was wrong, and
+    /// on [`PartMiss::NoOutboard`] hands it to [`Self::write_outboard`].
+    pub fn chunk_part(&self, chunk: &Chunk, from: u64, to: u64) -> Result<Bytes, PartMiss> {
+        let Some(disk) = self.disk.as_ref() else {
+            return Err(PartMiss::NotApplicable);
+        };
+        if chunk.size <= outboard::GROUP
+            || from >= to
+            || to > chunk.size
+            || self.chunks.peek(&chunk.digest).is_some()
+            || self.in_flight.lock().contains_key(&chunk.digest)
+        {
+            return Err(PartMiss::NotApplicable);
+        }
+        let key = chunk.digest.as_bytes();
+        let outboard = disk.get(Kind::Outboard, key).ok_or(PartMiss::NoOutboard)?;
+        let (start, end) = outboard::aligned(from, to, chunk.size);
+        let data = disk
+            .get_range(Kind::Chunk, key, start, (end - start) as usize)
+            .ok_or(PartMiss::NotApplicable)?;
+        if !outboard::verify_range(&chunk.digest, chunk.size, &outboard, start, &data) {
+            // Either file may be wrong: the whole-chunk read that follows
+            // checks the chunk file, and the outboard is written again.
+            tracing::warn!(digest = %chunk.digest, start, end, "part of a cached chunk failed verification through its outboard");
+            disk.reject(Kind::Outboard, key);
+            return Err(PartMiss::NoOutboard);
+        }
+        self.hit(false);
+        Ok(Bytes::from(data).slice((from - start) as usize..(to - start) as usize))
+    }
+
+    /// Writes the outboard of a verified chunk to the disk cache (chunks
+    /// cached before outboards were, or whose outboard went missing).
+    pub fn write_outboard(&self, chunk: &Chunk, data: &[u8]) {
+        if let (Some(disk), Some(outboard)) = (&self.disk, outboard::compute(data)) {
+            disk.put(Kind::Outboard, chunk.digest.as_bytes(), &outboard);
+        }
+    }
+
     /// Starts getting the chunks a sequential reader will want next, in the
     /// background: those in the disk cache through the one disk read-ahead
     /// thread, the others from the store, up to the readahead bound.
@@ -696,7 +750,10 @@ impl CachedStore {
                 if let Some(disk) = self.disk.clone() {
                     let (digest, data) = (chunk.digest, data.clone());
                     let _ = tokio::task::spawn_blocking(move || {
-                        disk.put(Kind::Chunk, digest.as_bytes(), &data)
+                        disk.put(Kind::Chunk, digest.as_bytes(), &data);
+                        if let Some(outboard) = outboard::compute(&data) {
+                            disk.put(Kind::Outboard, digest.as_bytes(), &outboard);
+                        }
                     })
                     .await;
                 }

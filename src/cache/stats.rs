@@ -31,6 +31,7 @@ counters! {
     memory_misses: "Lookups that had to go past memory.",
     disk_hits: "Entries found on disk (verified).",
     disk_misses: "Entries not on disk, or failing verification there.",
+    disk_range_reads: "Parts of chunks read from disk (and verified through their outboard).",
     disk_bytes_written: "Bytes this daemon added to the disk cache.",
     disk_bytes: "Gauge: bytes in the disk cache at the last scan.",
     disk_evictions: "Files this daemon evicted from the disk cache.",
@@ -106,6 +107,6 @@ mod tests {
         let text = s.render();
         assert!(text.contains("disk_hits 3\n"));
         assert!(text.contains("fetches_in_flight 0\n"));
-        assert_eq!(text.lines().count(), 14);
+        assert_eq!(text.lines().count(), 15);
     }
 }

@@ -14,7 +14,7 @@ use std::sync::{Arc, Weak};
 use fuse_backend_rs::api::filesystem::ZeroCopyWriter;
 use parking_lot::Mutex;
 
-use crate::cache::CachedStore;
+use crate::cache::{CachedStore, PartMiss};
 use crate::store::{B3Digest, Chunk, StoreError};
 
 /// Blobs (or chunks) up to this size are fetched into memory; larger blobs
@@ -142,11 +142,27 @@ impl BlobReader {
                     .skip(first)
                     .take_while(|(_, c)| c.offset < end)
                 {
-                    let data = self.store.chunk(chunk).map_err(ReadError::Store)?;
-                    let from = (offset.max(chunk.offset) - chunk.offset) as usize;
-                    let to = (end.min(chunk.offset + chunk.size) - chunk.offset) as usize;
-                    w.write_all(&data[from..to]).map_err(ReadError::Guest)?;
-                    written += to - from;
+                    let from = offset.max(chunk.offset) - chunk.offset;
+                    let to = end.min(chunk.offset + chunk.size) - chunk.offset;
+                    // A random read of part of a chunk on disk: only the
+                    // groups it touches are read and verified.
+                    let part = if run == 0 && to - from < chunk.size {
+                        self.store.chunk_part(chunk, from, to)
+                    } else {
+                        Err(PartMiss::NotApplicable)
+                    };
+                    match part {
+                        Ok(part) => w.write_all(&part).map_err(ReadError::Guest)?,
+                        Err(miss) => {
+                            let data = self.store.chunk(chunk).map_err(ReadError::Store)?;
+                            if miss == PartMiss::NoOutboard {
+                                self.store.write_outboard(chunk, &data);
+                            }
+                            w.write_all(&data[from as usize..to as usize])
+                                .map_err(ReadError::Guest)?;
+                        }
+                    }
+                    written += (to - from) as usize;
                     last = i;
                 }
                 if run == 0 {
