@@ -383,8 +383,6 @@ impl DiskCache {
     }
 }
 
-/// Adds every file below `dir` (two levels: fan-out directories) with its
-/// size and modification time.
 /// Faults in the spare capacity of `buf` with one call instead of a page
 /// fault per 4 KiB page during the read: new memory for a filling cache
 /// costs more in page faults than the read itself. Best effort (needs
@@ -408,6 +406,8 @@ fn populate(buf: &mut Vec<u8>) {
     }
 }
 
+/// Adds every file below `dir` (two levels: fan-out directories) with its
+/// size and modification time.
 fn collect_files(dir: &Path, out: &mut Vec<(PathBuf, u64, SystemTime)>, total: &mut u64) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;

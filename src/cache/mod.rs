@@ -672,7 +672,9 @@ impl CachedStore {
         }
     }
 
-    /// The one fetch of `chunk`: joined if already running, else started.
+    /// The one store fetch of `chunk`: joined if already running, else
+    /// started. Callers with a disk cache have looked there first
+    /// ([`Self::claim_disk_read`], or [`Self::prefetch`]'s check).
     fn chunk_fetch(self: &Arc<Self>, chunk: &Chunk) -> ChunkFuture {
         let mut in_flight = self.in_flight.lock();
         if let Some(running) = in_flight.get(&chunk.digest) {
@@ -689,7 +691,7 @@ impl CachedStore {
         let this = self.clone();
         let chunk = *chunk;
         let fetch = async move {
-            let result = this.load_chunk(&chunk).await;
+            let result = this.fetch_from_store(&chunk).await;
             if let Ok(data) = &result {
                 this.chunks.insert(chunk.digest, data.clone());
             }
@@ -717,20 +719,6 @@ impl CachedStore {
             }),
             None => Ok(None),
         }
-    }
-
-    async fn load_chunk(self: &Arc<Self>, chunk: &Chunk) -> Result<Bytes, StoreError> {
-        if self.disk.is_some() {
-            let this = self.clone();
-            let chunk_copy = *chunk;
-            let cached = tokio::task::spawn_blocking(move || this.chunk_from_disk(&chunk_copy))
-                .await
-                .unwrap_or(Ok(None))?;
-            if let Some(data) = cached {
-                return Ok(data);
-            }
-        }
-        self.fetch_from_store(chunk).await
     }
 
     /// Fetches a chunk from the store, verified, and writes it to disk.
