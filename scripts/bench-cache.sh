@@ -470,17 +470,7 @@ mode_table() {  # MODE
 }
 
 report() {
-  local heading=$SECTION
-  [ "$smoke" = 0 ] || heading="## Cache: cold, warm disk, hot memory (smoke run, not a measurement)"
-  echo "$heading"
-  echo
-  if [ "$smoke" = 1 ]; then
-    echo "Reproduce: \`$repro\`"
-  else
-    echo "Reproduce (from the repository root, as root): \`$repro\` (\`--write-docs\` also updates this section of $DOC)."
-  fi
-  echo
-  echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC'); commit $commit"
+  bench_report_head "## Cache: cold, warm disk, hot memory" "$repro"
   echo "- Host: $(nproc) CPUs, $cpu, $(awk '/^MemTotal:/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) memory; the host's disk is itself virtual. Guest: accel **${ACCEL^^}**, QEMU $qemu_v, kernel $kver, ${SMP:-2} vCPUs, ${MEM:-1G} memory"
   echo "- Store: \`tvix-fixture-store --chunk-size 262144 --latency-ms L\` over grpc+unix on the same host (every RPC waits L ms first; it reads blob data from its source files). Ours: \`--memory-cache-size $memcache\` (the hot rows need the whole file in memory), default \`--readahead-chunks\` ($readahead), a fresh \`--cache-dir\` for every cold row; $profile profile."
   echo "- Rows: **cold** = fresh daemon, empty cache dir (TTFB on a daemon and cache dir of its own); **warm disk** = fresh daemon on the cache dir the cold row filled (memory empty); **hot** = that same daemon again (everything in memory)."

@@ -201,17 +201,7 @@ else
 fi
 
 report() {
-  local heading=$SECTION
-  [ "$smoke" = 0 ] || heading="## Guest sequential read, $size_mib MiB (smoke run, not a measurement)"
-  echo "$heading"
-  echo
-  if [ "$smoke" = 1 ]; then
-    echo "Reproduce: \`$repro\`"
-  else
-    echo "Reproduce (from the repository root, as root): \`$repro\` (\`--write-docs\` also updates this section of $DOC)."
-  fi
-  echo
-  echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC'); commit $commit"
+  bench_report_head "## Guest sequential read, $size_mib MiB" "$repro"
   echo "- Host: $(nproc) CPUs, $cpu; guest accel **${ACCEL^^}**, QEMU $qemu_v, guest kernel $kver, ${SMP:-2} vCPUs, ${MEM:-1G} memory"
   echo "- Workload: one $size_mib MiB file of random data; per guest boot \`echo 3 > /proc/sys/vm/drop_caches\`, then \`dd if=FILE of=/dev/null bs=1M\` twice (cold, then warm), timed with /proc/uptime (10 ms resolution). A fresh daemon per boot; the host page cache holds the file for both daemons."
   echo "- Repetitions: $reps, rows interleaved within each repetition; figures are medians over repetitions, MiB/s. Our binaries: $profile profile."

@@ -375,6 +375,23 @@ median2() { median_fmt %.2f "$@"; }
 median0() { median_fmt %.0f "$@"; }
 join_list() { local out="" x; for x in "$@"; do out+="${out:+, }$x"; done; echo "$out"; }
 
+# bench_report_head SMOKE_TITLE REPRO: the first lines of a report: $SECTION
+# (with --smoke: SMOKE_TITLE, marked as no measurement), how to reproduce it
+# (the command REPRO) and when, at which $commit.
+bench_report_head() {
+  local heading=$SECTION repro=$2
+  [ "$smoke" = 0 ] || heading="$1 (smoke run, not a measurement)"
+  echo "$heading"
+  echo
+  if [ "$smoke" = 1 ]; then
+    echo "Reproduce: \`$repro\`"
+  else
+    echo "Reproduce (from the repository root, as root): \`$repro\` (\`--write-docs\` also updates this section of $DOC)."
+  fi
+  echo
+  echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC'); commit $commit"
+}
+
 # bench_host_info: sets cpu, commit, qemu_v, kver for report headers.
 # shellcheck disable=SC2034  # used by the callers
 bench_host_info() {

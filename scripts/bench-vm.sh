@@ -561,17 +561,8 @@ target_line() {  # TEXT FIGURE THRESHOLD
 }
 
 report() {
-  local heading=$SECTION p
-  [ "$smoke" = 0 ] || heading="## Guest workloads vs virtiofsd (smoke run, not a measurement)"
-  echo "$heading"
-  echo
-  if [ "$smoke" = 1 ]; then
-    echo "Reproduce: \`$repro\`"
-  else
-    echo "Reproduce (from the repository root, as root): \`$repro\` (\`--write-docs\` also updates this section of $DOC)."
-  fi
-  echo
-  echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC'); commit $commit"
+  local p
+  bench_report_head "## Guest workloads vs virtiofsd" "$repro"
   echo "- Host: $(nproc) CPUs, $cpu; guest accel **${ACCEL^^}**, QEMU $qemu_v, guest kernel $kver, ${SMP:-2} vCPUs, ${MEM:-1G} memory, queue size ${QUEUE_SIZE:-1024}"
   if [ "$no_vfs" = 1 ]; then
     local why=NO_VIRTIOFSD=1
