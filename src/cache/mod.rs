@@ -357,7 +357,8 @@ impl CachedStore {
         self.call(self.client.list_path_infos(limit))
     }
 
-    /// A validated Directory whose parent node says it has `size`.
+    /// A validated Directory whose parent node announces `size` (a lower
+    /// bound of its real size, see `check_announced_size`).
     pub fn directory(&self, digest: &B3Digest, size: u64) -> Result<Arc<Directory>, StoreError> {
         let directory = match self.directories.get(digest) {
             Some(d) => {
@@ -375,17 +376,15 @@ impl CachedStore {
                 d
             }
         };
-        if directory.size != size {
-            // A Directory reached through a parent that disagrees about
-            // its size: that parent is corrupt.
-            return Err(StoreError::InvalidDirectory {
+        // The same Directory may be reached through several parents; each
+        // one's node must announce at least its size, or that parent is
+        // corrupt.
+        crate::store::directory::check_announced_size(size, directory.size).map_err(|source| {
+            StoreError::InvalidDirectory {
                 digest: *digest,
-                source: crate::store::directory::ValidationError::SizeMismatch {
-                    expected: size,
-                    actual: directory.size,
-                },
-            });
-        }
+                source,
+            }
+        })?;
         Ok(directory)
     }
 
