@@ -18,7 +18,7 @@ use tvix_virtiofsd::fs::StoreFs;
 use tvix_virtiofsd::fuse::FuseMount;
 use tvix_virtiofsd::notify::Notifier;
 use tvix_virtiofsd::sandbox;
-use tvix_virtiofsd::store::StoreClient;
+use tvix_virtiofsd::store::{StoreClient, StoreError};
 use tvix_virtiofsd::vhost_user::VhostUserServer;
 
 fn main() -> anyhow::Result<()> {
@@ -75,6 +75,7 @@ fn main() -> anyhow::Result<()> {
         protocol = ?store_config.protocol,
         "store"
     );
+    check_store_protocol(&runtime, &client, store_config.timeout)?;
     let store = CachedStore::new(client, runtime.handle().clone(), cache_config)
         .context("opening the cache")?;
     if let Some(disk) = store.disk() {
@@ -170,4 +171,34 @@ fn init_logging(level: &str) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     Ok(())
+}
+
+/// Refuses to serve a store that speaks the other protocol: every request
+/// would fail, so the operator hears it now, in one line. A store that is
+/// down or slow is only a warning: the disk cache may serve without it.
+fn check_store_protocol(
+    runtime: &tokio::runtime::Runtime,
+    client: &StoreClient,
+    timeout: std::time::Duration,
+) -> anyhow::Result<()> {
+    let bound = timeout.min(std::time::Duration::from_secs(3));
+    let answer =
+        runtime.block_on(async { tokio::time::timeout(bound, client.check_protocol()).await });
+    match answer {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e @ StoreError::WrongProtocol { .. })) => {
+            Err(e).context("the store speaks another protocol")
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "store not usable at start; serving what the cache holds until it is");
+            Ok(())
+        }
+        Err(_) => {
+            tracing::warn!(
+                ?bound,
+                "store did not answer at start; serving what the cache holds until it does"
+            );
+            Ok(())
+        }
+    }
 }

@@ -59,6 +59,17 @@ pub enum StoreError {
         subject: String,
         status: tonic::Status,
     },
+    #[error(
+        "{call} {subject}: the store does not implement it under the {protocol} package names \
+         ({message}); if it is a {other} store, pass --store-protocol {other}",
+        other = protocol.other()
+    )]
+    WrongProtocol {
+        call: &'static str,
+        subject: String,
+        protocol: StoreProtocol,
+        message: String,
+    },
     #[error("{call} {subject}: no answer within {timeout:?} (is the store up?)")]
     Timeout {
         call: &'static str,
@@ -148,6 +159,7 @@ pub struct StoreClient {
     blobs: BlobServiceClient<Transport>,
     directories: DirectoryServiceClient<Transport>,
     path_infos: PathInfoServiceClient<Transport>,
+    protocol: StoreProtocol,
     timeout: Duration,
 }
 
@@ -168,8 +180,21 @@ impl StoreClient {
                 .max_decoding_message_size(MAX_MESSAGE_SIZE),
             path_infos: PathInfoServiceClient::new(transport(&config.path_info_service)?)
                 .max_decoding_message_size(MAX_MESSAGE_SIZE),
+            protocol: config.protocol,
             timeout: config.timeout,
         })
+    }
+
+    /// Asks the path-info service for a store path that cannot exist, to
+    /// learn before serving whether the store speaks our protocol. A store
+    /// under the other package names answers UNIMPLEMENTED, which is
+    /// [`StoreError::WrongProtocol`]; NOT_FOUND is the expected answer.
+    /// Other errors (the store down or slow) are the caller's to judge: a
+    /// daemon with a disk cache can serve without the store.
+    pub async fn check_protocol(&self) -> Result<()> {
+        self.path_info([0; 20], b"(protocol check)")
+            .await
+            .map(|_| ())
     }
 
     /// Awaits `fut` for at most the configured timeout.
@@ -181,6 +206,17 @@ impl StoreClient {
     ) -> Result<T> {
         match tokio::time::timeout(self.timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
+            Ok(Err(status)) if status.code() == Code::Unimplemented => {
+                Err(StoreError::WrongProtocol {
+                    call,
+                    subject: subject.to_string(),
+                    protocol: self.protocol,
+                    message: match status.message() {
+                        "" => status.code().to_string(),
+                        m => m.to_string(),
+                    },
+                })
+            }
             Ok(Err(status)) => Err(StoreError::Rpc {
                 call,
                 subject: subject.to_string(),

@@ -14,6 +14,25 @@ pub enum StoreProtocol {
     Snix,
 }
 
+impl StoreProtocol {
+    /// The protocol a store that refuses this one probably speaks.
+    pub fn other(self) -> Self {
+        match self {
+            Self::Tvix => Self::Snix,
+            Self::Snix => Self::Tvix,
+        }
+    }
+}
+
+impl std::fmt::Display for StoreProtocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Tvix => "tvix",
+            Self::Snix => "snix",
+        })
+    }
+}
+
 /// A tower service that sends every gRPC call under the chosen package names.
 #[derive(Clone, Debug)]
 pub struct PackagePrefix<S> {
