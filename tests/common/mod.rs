@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod real_store;
 pub mod tree;
 
 use std::io::{BufRead, BufReader};
@@ -211,6 +212,32 @@ fn spawn_daemon(mode: &str, target: &Path, store: &str, extra: &[&str], log: &Pa
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
         .expect("starting the daemon")
+}
+
+/// Starts the daemon on a FUSE mount against `store` expecting it to refuse
+/// to serve: asserts it exits non-zero within 30 s, unmounted, and returns
+/// its log.
+pub fn refused_start(store: &str, extra: &[&str]) -> String {
+    let dir = scratch("refused");
+    let mountpoint = dir.join("mnt");
+    std::fs::create_dir(&mountpoint).unwrap();
+    let log = dir.join("daemon.log");
+    let mut child = spawn_daemon("--mount", &mountpoint, store, extra, &log);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            terminate(&mut child);
+            panic!("the daemon kept running against {store}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!status.success(), "the daemon exited 0: {text}");
+    assert!(!is_mounted(&mountpoint), "left a mount behind");
+    text
 }
 
 /// The daemon serving a FUSE mount, as its own process.
