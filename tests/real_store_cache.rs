@@ -1,0 +1,237 @@
+//! The disk cache against real tvix-store and snix-store daemons, through
+//! real FUSE mounts: a second daemon on a shared cache serves the sample
+//! tree without asking the store for anything, and a daemon whose store is
+//! down serves what is cached, fails what is not, and picks the store up
+//! again when it returns. Real stores count no calls, so our daemon's
+//! `--stats-file` counts them.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::real_store::{RealStore, StoreKind};
+use common::*;
+
+const PKG: &str = "hello-2.12";
+
+/// The files of the package that the offline test fetches (and so caches).
+const CACHED_FILES: &[&str] = &[
+    "bin/hello",
+    "lib/libbig.so",
+    "lib/medium.bin",
+    "share/doc/name with spaces.txt",
+];
+
+/// The one file of the package the offline test never reads while the
+/// store is up.
+const UNCACHED_FILE: &str = "lib/small.bin";
+
+/// The daemon flags for `store`'s protocol, a cache directory and, when
+/// given, a stats file, plus `extra`.
+fn args(store: &RealStore, cache: &Path, stats: Option<&Path>, extra: &[&str]) -> Vec<String> {
+    let mut out: Vec<String> = store.protocol_args().map(String::from).to_vec();
+    out.extend(["--cache-dir".into(), cache.display().to_string()]);
+    if let Some(stats) = stats {
+        out.extend(["--stats-file".into(), stats.display().to_string()]);
+    }
+    out.extend(extra.iter().map(|s| s.to_string()));
+    out
+}
+
+fn mount_with(store: &RealStore, args: &[String]) -> Daemon {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Daemon::mount(&store.address(), &args)
+}
+
+/// Reads every store path of the sample tree and compares it with its
+/// source; returns the number of entries compared.
+fn read_everything(daemon: &Daemon, store: &RealStore) -> usize {
+    let mut compared = 0;
+    for (source, basename) in store.store_paths() {
+        let served = daemon.path(basename);
+        compare_entry(source, &served, basename);
+        compared += 1;
+        if served.is_dir() {
+            compared += compare_trees(source, &served);
+        }
+    }
+    compared
+}
+
+/// The counters a stopped daemon wrote at exit.
+fn counters_at_exit(daemon: &mut Daemon, stats: &Path) -> HashMap<String, u64> {
+    assert!(daemon.stop(), "the daemon did not unmount by itself");
+    let counters = read_counters(stats);
+    assert!(
+        counters.contains_key("store_requests"),
+        "no counters in {}: {counters:?}",
+        stats.display()
+    );
+    counters
+}
+
+fn second_daemon_on_a_shared_cache_asks_the_store_nothing(kind: StoreKind, test: &str) {
+    let tree = sample_tree();
+    let store = real_store_or_skip!(kind, test, &[&tree]);
+    let cache = scratch("real-shared-cache");
+    let stats_dir = scratch("real-shared-cache-stats");
+
+    let first_stats = stats_dir.join("first");
+    let mut first = mount_with(&store, &args(&store, &cache, Some(&first_stats), &[]));
+    let compared = read_everything(&first, &store);
+    assert!(compared > MANY + 20, "compared only {compared} entries");
+    let first_counters = counters_at_exit(&mut first, &first_stats);
+    assert!(
+        first_counters["store_requests"] > MANY as u64 / 100,
+        "the first daemon fetched almost nothing? {first_counters:?}"
+    );
+    assert_eq!(
+        first_counters["store_errors"],
+        0,
+        "the first daemon met store errors: {first_counters:?}\n{}",
+        first.log()
+    );
+
+    // What the disk cache persists: path infos (the root node of each
+    // store path, checksummed), Directories, chunk lists and chunks (both
+    // content addressed). So a second daemon reading the same tree needs
+    // none of the store's content or lookup calls: `store_requests` (every
+    // RPC the cache layer makes: PathInfoService.Get, DirectoryService.Get,
+    // BlobService.Stat and Read, and List, which needs --list-root and is
+    // not used here) stays at zero. The one RPC the daemon makes anyway is
+    // its protocol check at start (a PathInfoService.Get of a store path
+    // that cannot exist, made before the cache layer and not counted in
+    // `store_requests`): a fixed cost per start, never per file.
+    let second_stats = stats_dir.join("second");
+    let mut second = mount_with(&store, &args(&store, &cache, Some(&second_stats), &[]));
+    assert_eq!(read_everything(&second, &store), compared);
+    let counters = counters_at_exit(&mut second, &second_stats);
+    assert_eq!(
+        counters["store_requests"],
+        0,
+        "the second daemon went to the {kind:?} store: {counters:?}\n{}",
+        second.log()
+    );
+    assert_eq!(counters["store_bytes_fetched"], 0, "{counters:?}");
+    assert_eq!(counters["verification_failures"], 0, "{counters:?}");
+    assert!(counters["disk_hits"] > MANY as u64, "{counters:?}");
+}
+
+#[test]
+fn second_daemon_on_a_shared_cache_asks_a_tvix_store_nothing() {
+    second_daemon_on_a_shared_cache_asks_the_store_nothing(
+        StoreKind::Tvix,
+        "second_daemon_on_a_shared_cache_asks_a_tvix_store_nothing",
+    );
+}
+
+#[test]
+fn second_daemon_on_a_shared_cache_asks_a_snix_store_nothing() {
+    second_daemon_on_a_shared_cache_asks_the_store_nothing(
+        StoreKind::Snix,
+        "second_daemon_on_a_shared_cache_asks_a_snix_store_nothing",
+    );
+}
+
+fn compare_files(source: &Path, served: &Path, relatives: &[&str]) {
+    for relative in relatives {
+        compare_entry(&source.join(relative), &served.join(relative), relative);
+    }
+}
+
+fn serves_everything_cached_while_the_store_is_down(kind: StoreKind, test: &str) {
+    let tree = sample_tree();
+    let mut store = real_store_or_skip!(kind, test, &[&tree]);
+    let cache = scratch("real-offline-cache");
+    let pkg_source = tree.join(PKG);
+    let pkg = store.store_path_of(&pkg_source);
+
+    // Populate: every store path but the package whole, and of the package
+    // everything but one file, which stays uncached.
+    {
+        let daemon = mount_with(&store, &args(&store, &cache, None, &[]));
+        for (source, basename) in store.store_paths() {
+            if *source == pkg_source {
+                continue;
+            }
+            let served = daemon.path(basename);
+            compare_entry(source, &served, basename);
+            if served.is_dir() {
+                compare_trees(source, &served);
+            }
+        }
+        compare_files(&pkg_source, &daemon.path(&pkg), CACHED_FILES);
+    }
+    store.stop();
+    assert!(!store.is_running());
+
+    // A new daemon, the store down: all of that is served from disk.
+    let daemon = mount_with(
+        &store,
+        &args(&store, &cache, None, &["--store-timeout", "2"]),
+    );
+    for (source, basename) in store.store_paths() {
+        if *source == pkg_source {
+            continue;
+        }
+        let served = daemon.path(basename);
+        compare_entry(source, &served, basename);
+        if served.is_dir() {
+            compare_trees(source, &served);
+        }
+    }
+    let pkg_dir = daemon.path(&pkg);
+    compare_files(&pkg_source, &pkg_dir, CACHED_FILES);
+
+    // Never fetched: EIO, the daemon still serving.
+    let uncached: PathBuf = pkg_dir.join(UNCACHED_FILE);
+    let started = Instant::now();
+    assert_eq!(
+        std::fs::read(&uncached).unwrap_err().raw_os_error(),
+        Some(libc::EIO),
+        "reading uncached content with the {kind:?} store down"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the failing read took {:?}",
+        started.elapsed()
+    );
+    compare_files(&pkg_source, &pkg_dir, &["bin/hello"]);
+
+    // The store returns: uncached content is fetched, no restart needed.
+    store.restart();
+    let expected = std::fs::read(pkg_source.join(UNCACHED_FILE)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match std::fs::read(&uncached) {
+            Ok(data) => {
+                assert!(data == expected, "wrong bytes once the store is back");
+                break;
+            }
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+            Err(e) => panic!(
+                "the {kind:?} store is back but the read still fails: {e}\n{}",
+                daemon.log()
+            ),
+        }
+    }
+    compare_files(&pkg_source, &pkg_dir, CACHED_FILES);
+}
+
+#[test]
+fn serves_everything_cached_while_a_tvix_store_is_down() {
+    serves_everything_cached_while_the_store_is_down(
+        StoreKind::Tvix,
+        "serves_everything_cached_while_a_tvix_store_is_down",
+    );
+}
+
+#[test]
+fn serves_everything_cached_while_a_snix_store_is_down() {
+    serves_everything_cached_while_the_store_is_down(
+        StoreKind::Snix,
+        "serves_everything_cached_while_a_snix_store_is_down",
+    );
+}
