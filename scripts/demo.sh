@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # demo.sh — the whole path on one machine: install what is needed, build,
-# import a sample tree into the fixture store, start the daemon, and boot a
-# tiny QEMU guest that mounts the share and prints what it sees.
+# import a sample tree into a store, start the daemon, and boot a tiny QEMU
+# guest that mounts the share and prints what it sees.
 #
 # Usage: scripts/demo.sh [--fuse] [TREE]
 #   --fuse  no VM: mount through /dev/fuse on the host instead
 #   TREE    directory to import (each top-level entry becomes a store path);
 #           default: a small generated sample
+# The store is a real tvix-store or snix-store when one is at hand
+# ($TVIX_STORE_BIN, $SNIX_STORE_BIN, tvix-store or snix-store on PATH, or
+# ../shared/ref/bin beside the repository), and the bundled fixture store
+# otherwise; the demo says which it used.
 # Needs root (apt-get, FUSE, QEMU's shared memory). Work files go to
 # target/demo/.
 set -euo pipefail
@@ -18,7 +22,7 @@ if [ "${1:-}" = --fuse ]; then mode=fuse; shift; fi
 tree=${1:-}
 
 scripts/install-deps.sh
-cargo build --release --bins
+cargo build --release --locked --workspace --bins
 bin=$repo/target/release
 work=$repo/target/demo
 rm -rf "$work"; mkdir -p "$work"
@@ -41,17 +45,48 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "== fixture store: importing $tree"
-"$bin/tvix-fixture-store" --import "$tree" --listen "grpc+unix://$work/store.sock" \
-  --chunk-size 262144 >"$work/store.out" 2>"$work/store.log" &
-pids+=($!)
-for _ in $(seq 100); do grep -q '^LISTENING' "$work/store.out" 2>/dev/null && break; sleep 0.1; done
-grep '^STORE_PATH' "$work/store.out" | sed 's/^STORE_PATH /   \/nix\/store\//'
+# A real store if there is one: KIND and its binary.
+real_store() {
+  local kind var b
+  for kind in tvix snix; do
+    var=${kind^^}_STORE_BIN
+    b=${!var:-}
+    [ -n "$b" ] || b=$(command -v "$kind-store" || true)
+    [ -n "$b" ] || b=$repo/../shared/ref/bin/$kind-store
+    if [ -x "$b" ]; then echo "$kind $b"; return 0; fi
+  done
+  return 1
+}
+
+protocol=()
+if read -r kind store_bin < <(real_store); then
+  echo "== real $kind-store ($store_bin): importing each entry of $tree"
+  mkdir -p "$work/store"
+  "$store_bin" --otlp=false daemon --listen-address "$work/store.sock" \
+    --blob-service-addr "objectstore+file://$work/store/blobs" \
+    --directory-service-addr "redb://$work/store/directories.redb" \
+    --path-info-service-addr "redb://$work/store/pathinfo.redb" 2>"$work/store.log" &
+  pids+=($!)
+  for _ in $(seq 100); do [ -S "$work/store.sock" ] && break; sleep 0.1; done
+  addr=grpc+unix://$work/store.sock
+  for entry in "$tree"/*; do
+    "$store_bin" --otlp=false import --blob-service-addr "$addr" --directory-service-addr "$addr" \
+      --path-info-service-addr "$addr" "$entry" 2>>"$work/store.log" | sed 's/^/   /'
+  done
+  protocol=(--store-protocol "$kind")
+else
+  echo "== no tvix-store or snix-store at hand: the bundled fixture store, importing $tree"
+  "$bin/tvix-fixture-store" --import "$tree" --listen "grpc+unix://$work/store.sock" \
+    --chunk-size 262144 >"$work/store.out" 2>"$work/store.log" &
+  pids+=($!)
+  for _ in $(seq 100); do grep -q '^LISTENING' "$work/store.out" 2>/dev/null && break; sleep 0.1; done
+  grep '^STORE_PATH' "$work/store.out" | sed 's/^STORE_PATH /   \/nix\/store\//'
+fi
 
 if [ "$mode" = fuse ]; then
   mkdir -p "$work/mnt"
   "$bin/tvix-virtiofsd" --mount "$work/mnt" --store "grpc+unix://$work/store.sock" --list-root \
-    2>"$work/daemon.log" &
+    "${protocol[@]}" 2>"$work/daemon.log" &
   pids+=($!)
   for _ in $(seq 100); do mountpoint -q "$work/mnt" && break; sleep 0.1; done
   echo "== FUSE mount at $work/mnt"
@@ -63,7 +98,7 @@ fi
 
 scripts/vm/build-guest.sh >/dev/null
 "$bin/tvix-virtiofsd" --socket-path "$work/fs.sock" --store "grpc+unix://$work/store.sock" \
-  --list-root 2>"$work/daemon.log" &
+  --list-root "${protocol[@]}" 2>"$work/daemon.log" &
 pids+=($!)
 for _ in $(seq 100); do [ -S "$work/fs.sock" ] && break; sleep 0.1; done
 echo "== booting a guest that mounts the share (tag 'nix-store')"
