@@ -17,6 +17,9 @@
 #   SIZE_MB=1024    the sequentially read file (chunked by the store at 256 KiB)
 #   FILES=10000     files in the find + stat tree (100 per directory, 0-2 KiB)
 #   LATENCIES="2 20"  --latency-ms of the fixture stores (one store each)
+#   STORE=            ignored (also --store): every row here needs the
+#                     fixture store's injected latency, so it stays the fixture;
+#                     real stores: scripts/bench-guest-read.sh, bench-peers.sh
 #   MODES="fuse guest"  which halves to run
 #   MEMORY_CACHE=   our --memory-cache-size (default 2 x SIZE_MB, at least
 #                   256M: the hot rows need the whole file in memory)
@@ -57,6 +60,8 @@ SECTION="## Cache: cold, warm disk, hot memory"
 DOC=docs/benchmarks.md
 
 bench_args "$@"
+[ "${STORE:-fixture}" = fixture ] ||
+  log "STORE=$STORE ignored: every row needs injected latency (--latency-ms), which only the fixture store has; using tvix-fixture-store"
 [ "$(id -u)" = 0 ] || die "needs root (FUSE mounts, drop_caches, QEMU)"
 
 ACCEL=${ACCEL:-tcg}

@@ -3,13 +3,22 @@
 # virtio-fs: tvix-virtiofsd (through the fixture store) against the reference
 # virtiofsd, in the same run, on the same host, with the same guest.
 #
-# Usage: scripts/bench-guest-read.sh [--write-docs] [--smoke]
+# Usage: scripts/bench-guest-read.sh [--write-docs] [--smoke] [--store KIND]
 #   --write-docs  also write the result into docs/benchmarks.md, replacing
-#                 only the section "## Guest sequential read, 64 MiB"
+#                 only the section "## Guest sequential read, 64 MiB" (with
+#                 a real store: "## Guest sequential read, 64 MiB, tvix-store"
+#                 or "..., snix-store")
 #   --smoke       4 MiB file, 1 repetition, no virtiofsd, dev-profile
 #                 binaries: a quick check (CI) that the harness still works
+#   --store KIND  the same as STORE=KIND
 #
 # Env:
+#   STORE=tvix      the store our daemon reads from: tvix (default: the real
+#                   tvix-store daemon on local disk, binary from
+#                   $TVIX_STORE_BIN, PATH, then ../shared/ref/bin next to the
+#                   repository), snix (snix-store, $SNIX_STORE_BIN; ours with
+#                   --store-protocol snix) or fixture (tvix-fixture-store);
+#                   without a real binary: the fixture, with a warning
 #   REPS=3          repetitions; each boots one guest per row, in the order
 #                   ours, virtiofsd --cache=always, virtiofsd --cache=never
 #   ACCEL=tcg|kvm   passed to scripts/vm/run-guest.sh (default tcg)
@@ -38,6 +47,9 @@ SECTION="## Guest sequential read, 64 MiB"
 DOC=docs/benchmarks.md
 
 bench_args "$@"
+bench_store_choice
+# The real stores' figures go into a section of their own.
+[ "$store_kind" = fixture ] || SECTION+=", $store_kind-store"
 
 ACCEL=${ACCEL:-tcg}
 TIMEOUT=${TIMEOUT:-300}
@@ -67,9 +79,11 @@ head -c "$size_bytes" /dev/urandom >"$work/tree/bench-data/$file"
 host_sha=$(sha256sum "$work/tree/bench-data/$file" | cut -d ' ' -f 1)
 log "work dir $work: bench-data/$file, $size_mib MiB, sha256 $host_sha"
 
-# One fixture store for the whole run; our daemon starts once per boot.
-bench_start_store store "$work/tree"
-store_path=$(bench_store_path store bench-data)
+# One store for the whole run; our daemon starts once per boot.
+bench_start_chosen_store store "$work/tree"
+store_path=$(bench_store_path "$store_name" bench-data)
+ours_proto=()
+[ "$store_kind" != snix ] || ours_proto=(--store-protocol snix)
 log "store path $store_path"
 
 # ---- one guest boot ---------------------------------------------------------
@@ -107,7 +121,7 @@ run_one() {  # run_one ROW REP
   rm -f "$sock"
   case $row in
     ours)
-      "$bindir/tvix-virtiofsd" --socket-path "$sock" --store "grpc+unix://$work/store.sock" \
+      "$bindir/tvix-virtiofsd" --socket-path "$sock" --store "$store_addr" "${ours_proto[@]}" \
         2>"$dlog" &
       path=$store_path/$file ;;
     vfs-always | vfs-never)
@@ -177,7 +191,7 @@ col() { awk -v row="$1" -v c="$2" '$1 == row { print $c }' "$results"; }
 
 policy() {
   case $1 in
-    ours) echo "tvix-virtiofsd: FOPEN_KEEP_CACHE, entry/attr timeout 86400 s (guest page cache, like --cache=always); fixture store over grpc+unix, --chunk-size 262144" ;;
+    ours) echo "tvix-virtiofsd: FOPEN_KEEP_CACHE, entry/attr timeout 86400 s (guest page cache, like --cache=always)" ;;
     vfs-always) echo "virtiofsd --cache=always --sandbox=none (guest page cache, keep_cache)" ;;
     vfs-never) echo "virtiofsd --cache=never --sandbox=none (DIRECT_IO: guest page cache bypassed, every read goes to the daemon)" ;;
   esac
@@ -192,18 +206,19 @@ label() {
 
 bench_host_info
 if [ "$smoke" = 1 ]; then
-  repro="ACCEL=$ACCEL scripts/bench-guest-read.sh --smoke"
+  repro="STORE=$store_kind ACCEL=$ACCEL scripts/bench-guest-read.sh --smoke"
 else
-  repro="REPS=$reps ACCEL=$ACCEL"
+  repro="STORE=$store_kind REPS=$reps ACCEL=$ACCEL"
   [ "$profile" = release ] || repro+=" PROFILE=$profile"
   [ "$no_vfs" != 1 ] || repro+=" NO_VIRTIOFSD=1"
   repro+=" scripts/bench-guest-read.sh"
 fi
 
 report() {
-  bench_report_head "## Guest sequential read, $size_mib MiB" "$repro"
+  bench_report_head "## Guest sequential read, $size_mib MiB${SECTION#*MiB}" "$repro"
   echo "- Host: $(nproc) CPUs, $cpu; guest accel **${ACCEL^^}**, QEMU $qemu_v, guest kernel $kver, ${SMP:-2} vCPUs, ${MEM:-1G} memory"
   echo "- Workload: one $size_mib MiB file of random data; per guest boot \`echo 3 > /proc/sys/vm/drop_caches\`, then \`dd if=FILE of=/dev/null bs=1M\` twice (cold, then warm), timed with /proc/uptime (10 ms resolution). A fresh daemon per boot; the host page cache holds the file for both daemons."
+  echo "- Store (ours): $(bench_store_label)."
   echo "- Repetitions: $reps, rows interleaved within each repetition; figures are medians over repetitions, MiB/s. Our binaries: $profile profile."
   if [ "$no_vfs" = 1 ]; then
     local why=NO_VIRTIOFSD=1

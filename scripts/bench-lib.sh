@@ -122,6 +122,110 @@ bench_store_path() {
   echo "$p"
 }
 
+# ---- real stores (tvix-store, snix-store) ------------------------------------------
+# bench_real_bin KIND: the path of the real KIND-store binary (KIND tvix or
+# snix): $TVIX_STORE_BIN / $SNIX_STORE_BIN, then PATH, then
+# $REPO/../shared/ref/bin; prints nothing (and fails) when there is none.
+bench_real_bin() {
+  local kind=$1 var b
+  case $kind in tvix | snix) ;; *) die "no real store of kind $kind" ;; esac
+  var=${kind^^}_STORE_BIN
+  b=${!var:-}
+  [ -n "$b" ] || b=$(command -v "$kind-store" || true)
+  [ -n "$b" ] || [ ! -x "$REPO/../shared/ref/bin/$kind-store" ] || b=$(cd "$REPO/../shared/ref/bin" && pwd)/$kind-store
+  [ -n "$b" ] && [ -x "$b" ] || return 1
+  echo "$b"
+}
+
+# bench_store_choice: resolves STORE (env, or --store through bench_args):
+# tvix (default), snix or fixture. Sets store_kind and, for a real store,
+# store_bin. With no real binary it falls back, loudly, to the fixture.
+bench_store_choice() {
+  store_kind=${STORE:-tvix} store_bin=
+  case $store_kind in
+    fixture) return 0 ;;
+    tvix | snix) ;;
+    *) die "STORE must be tvix, snix or fixture: $store_kind" ;;
+  esac
+  if ! store_bin=$(bench_real_bin "$store_kind"); then
+    log "################################################################"
+    log "WARNING: STORE=$store_kind but no $store_kind-store binary found"
+    log "(\$${store_kind^^}_STORE_BIN, PATH, $REPO/../shared/ref/bin):"
+    log "FALLING BACK TO THE FIXTURE STORE (tvix-fixture-store)"
+    log "################################################################"
+    store_kind=fixture store_bin=
+  fi
+}
+
+# bench_store_label: one phrase naming the chosen store, for reports.
+bench_store_label() {
+  case $store_kind in
+    fixture) echo "\`tvix-fixture-store --chunk-size 262144\` over grpc+unix on the same host" ;;
+    *) echo "real \`$store_kind-store daemon\` ($("$store_bin" --version 2>/dev/null | head -n 1 || echo "version unknown")) on local disk (objectstore+file:// blobs, redb:// directories and path infos) over grpc+unix on the same host" ;;
+  esac
+}
+
+# bench_start_real_store KIND TREE...: the real KIND-store daemon (KIND tvix
+# or snix; binary from bench_real_bin) on local disk in $work/KIND.store
+# (objectstore+file:// blobs, redb:// directories and path infos),
+# listening on $work/KIND.sock (address grpc+unix://$work/KIND.sock). Every
+# top-level entry of every TREE is imported as one store path with the
+# store's own `import` (which names a path by its basename: the same store
+# path names as the fixture's), and recorded in $work/KIND.out as
+# "STORE_PATH <hash>-<name>" lines, so bench_store_path KIND ENTRY works as
+# for the fixture. Sets store_pid and real_bin; stopped by bench_cleanup.
+bench_start_real_store() {
+  local kind=$1 dir=$work/$1.store sock=$work/$1.sock addr t e n want got
+  shift
+  real_bin=$(bench_real_bin "$kind") || die "no $kind-store binary (\$${kind^^}_STORE_BIN, PATH, $REPO/../shared/ref/bin)"
+  mkdir -p "$dir/blobs"
+  rm -f "$sock"
+  "$real_bin" --otlp=false daemon --listen-address "$sock" \
+    --blob-service-addr "objectstore+file://$dir/blobs" \
+    --directory-service-addr "redb://$dir/directories.redb" \
+    --path-info-service-addr "redb://$dir/pathinfo.redb" >"$work/$kind.log" 2>&1 &
+  store_pid=$!
+  pids+=("$store_pid")
+  bench_wait_socket "$sock" "$work/$kind.log"
+  addr=grpc+unix://$sock
+  local -a entries=()
+  for t in "$@"; do
+    for e in "$t"/* "$t"/.[!.]*; do [ -e "$e" ] && entries+=("$e"); done
+  done
+  [ ${#entries[@]} -gt 0 ] || die "$kind-store: nothing to import in $*"
+  log "$kind-store: importing ${#entries[@]} store paths"
+  "$real_bin" --otlp=false import --blob-service-addr "$addr" --directory-service-addr "$addr" \
+    --path-info-service-addr "$addr" "${entries[@]}" >"$work/$kind.import" 2>>"$work/$kind.log" ||
+    { tail -n 20 "$work/$kind.log" >&2; die "$kind-store import failed"; }
+  : >"$work/$kind.out"
+  for e in "${entries[@]}"; do
+    n=$(basename "$e")
+    got=$(grep -c "^/nix/store/[0-9a-z]\{32\}-$n\$" "$work/$kind.import" || true)
+    [ "$got" = 1 ] || die "$kind-store import: $got store paths named *-$n in $work/$kind.import"
+    sed -n "s|^/nix/store/\([0-9a-z]\{32\}-$n\)\$|STORE_PATH \1|p" "$work/$kind.import" >>"$work/$kind.out"
+  done
+  want=${#entries[@]}
+  got=$(wc -l <"$work/$kind.out")
+  [ "$got" = "$want" ] || die "$kind-store import: $got store paths, expected $want"
+  echo "LISTENING $addr" >>"$work/$kind.out"
+}
+
+# bench_start_chosen_store NAME TREE: the store bench_store_choice chose,
+# holding TREE's top-level entries: the fixture as bench_start_store NAME
+# TREE, or the real one (bench_start_real_store; NAME is then its KIND).
+# Sets store_addr (for --store) and store_name (for bench_store_path).
+# shellcheck disable=SC2034  # used by the callers
+bench_start_chosen_store() {
+  if [ "$store_kind" = fixture ]; then
+    bench_start_store "$1" "$2"
+    store_name=$1
+  else
+    bench_start_real_store "$store_kind" "$2"
+    store_name=$store_kind
+  fi
+  store_addr=grpc+unix://$work/$store_name.sock
+}
+
 # bench_wait_socket SOCK LOG: waits up to 10 s for a daemon's socket.
 bench_wait_socket() {
   local _
@@ -254,10 +358,12 @@ bench_guest() {
 
 # ---- test data -------------------------------------------------------------------------
 # bench_gen_files DIR N: N small files (0-2 KiB) in directories of 100.
+# bench_gen_flat DIR N: N small files (0-2 KiB) in DIR itself.
 # bench_gen_closure DIR N MIB...: N files of 1-64 KiB under pkgNN/lib/subNN,
 #   plus one file of each size MIB (random data) in DIR/pkg00.
 # Contents are unique per file (the path leads) and reproducible.
 bench_gen_files() { perl -e "$BENCH_GEN_PL" "$1" "$2" files 1; }
+bench_gen_flat() { perl -e "$BENCH_GEN_PL" "$1" "$2" flat 3; }
 bench_gen_closure() {
   local dir=$1 n=$2 m
   shift 2
@@ -271,10 +377,10 @@ my ($dir, $n, $kind, $seed) = @ARGV;
 srand($seed);
 my $blk = join "", map { chr(int(rand(256))) } 1 .. 65536;
 for (my $i = 0; $i < $n; $i++) {
-  my $sub = $kind eq "files" ? sprintf("%s/d%03d", $dir, int($i / 100))
+  my $sub = $kind eq "flat" ? $dir : $kind eq "files" ? sprintf("%s/d%03d", $dir, int($i / 100))
     : sprintf("%s/pkg%02d/lib/sub%02d", $dir, int($i / 300), int(($i % 300) / 30));
   if (!-d $sub) { system("mkdir", "-p", $sub) == 0 or die "mkdir $sub"; }
-  my $len = $kind eq "files" ? int(rand(2048)) : 1024 + int(rand(63 * 1024));
+  my $len = $kind ne "closure" ? int(rand(2048)) : 1024 + int(rand(63 * 1024));
   my $p = sprintf("%s/f%05d", $sub, $i);
   my $d = "$p\n";
   $d .= substr($blk, int(rand(60000)), 4096) while length($d) < $len;
@@ -423,16 +529,20 @@ bench_write_docs() {
 }
 
 # bench_args ARGS...: the options every benchmark takes; sets write_docs and
-# smoke (--write-docs, --smoke; -h prints the script's usage).
+# smoke (--write-docs, --smoke; -h prints the script's usage) and STORE
+# (--store KIND or --store=KIND, for bench_store_choice).
 bench_args() {
   write_docs=0 smoke=0
-  for a in "$@"; do
-    case $a in
+  while [ $# -gt 0 ]; do
+    case $1 in
       --write-docs) write_docs=1 ;;
       --smoke) smoke=1 ;;
+      --store) [ $# -ge 2 ] || usage; STORE=$2; shift ;;
+      --store=*) STORE=${1#--store=} ;;
       -h | --help) usage ;;
-      *) log "unknown argument: $a"; usage ;;
+      *) log "unknown argument: $1"; usage ;;
     esac
+    shift
   done
   [ "$smoke" = 0 ] || [ "$write_docs" = 0 ] || die "--smoke results do not go into $DOC"
 }

@@ -23,6 +23,9 @@
 #   CLOSURE_BIG="8 16 24 32"  ... plus one file of each of these MiB
 #   RAND_READS=500    4 KiB random reads per pass
 #   LATENCY=2         the fixture store's --latency-ms
+#   STORE=            ignored (also --store): every row here needs the
+#                     fixture store's injected latency, so it stays the fixture;
+#                     real stores: scripts/bench-guest-read.sh, bench-peers.sh
 #   POLICIES="never always"  --cache policies to compare
 #   MEMORY_CACHE=     our --memory-cache-size (default: twice the largest
 #                     working set, so that the hot rows are served from memory)
@@ -68,6 +71,8 @@ SECTION="## Guest workloads vs virtiofsd"
 DOC=docs/benchmarks.md
 
 bench_args "$@"
+[ "${STORE:-fixture}" = fixture ] ||
+  log "STORE=$STORE ignored: every row needs injected latency (--latency-ms), which only the fixture store has; using tvix-fixture-store"
 [ "$(id -u)" = 0 ] || die "needs root (FUSE mount, QEMU, /proc/PID/clear_refs)"
 
 t_script=$(date +%s)
