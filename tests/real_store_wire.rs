@@ -1,0 +1,622 @@
+//! What real tvix-store and snix-store daemons put on the wire, pinned down
+//! as assertions: the raw gRPC answers to PathInfo, Directory and Blob calls
+//! for trees imported by the stores' own `import`. Where the two stores
+//! differ, the assertion says which does what.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tonic::transport::Channel;
+use tonic::Code;
+
+use common::real_store::{RealStore, StoreKind};
+use common::scratch;
+use tvix_virtiofsd::proto::castore::blob_service_client::BlobServiceClient;
+use tvix_virtiofsd::proto::castore::directory_service_client::DirectoryServiceClient;
+use tvix_virtiofsd::proto::castore::{
+    get_directory_request, node, Directory, DirectoryNode, GetDirectoryRequest, ReadBlobRequest,
+    StatBlobRequest,
+};
+use tvix_virtiofsd::proto::store::path_info_service_client::PathInfoServiceClient;
+use tvix_virtiofsd::proto::store::{
+    get_path_info_request, nar_info, GetPathInfoRequest, ListPathInfoRequest, PathInfo,
+};
+use tvix_virtiofsd::store::protocol::PackagePrefix;
+use tvix_virtiofsd::store::{
+    nixbase32, B3Digest, StoreAddress, StoreClient, StoreConfig, StoreProtocol, TlsSettings,
+};
+
+type Transport = PackagePrefix<Channel>;
+
+const BIG: usize = 3 << 20;
+const SMALL: usize = 10 << 10;
+/// The longest symlink target the host accepts (PATH_MAX 4096 with the NUL).
+const LONG_TARGET: usize = 4095;
+
+/// Raw generated clients, no validation in between.
+struct Wire {
+    blobs: BlobServiceClient<Transport>,
+    dirs: DirectoryServiceClient<Transport>,
+    infos: PathInfoServiceClient<Transport>,
+}
+
+fn protocol(kind: StoreKind) -> StoreProtocol {
+    match kind {
+        StoreKind::Tvix => StoreProtocol::Tvix,
+        StoreKind::Snix => StoreProtocol::Snix,
+    }
+}
+
+fn address(socket: &Path) -> StoreAddress {
+    format!("grpc+unix://{}", socket.display()).parse().unwrap()
+}
+
+impl Wire {
+    fn new(socket: &Path, kind: StoreKind) -> Self {
+        let channel = address(socket)
+            .channel(Duration::from_secs(10), &TlsSettings::default())
+            .unwrap();
+        let t = PackagePrefix::new(channel, protocol(kind));
+        Self {
+            blobs: BlobServiceClient::new(t.clone()).max_decoding_message_size(64 << 20),
+            dirs: DirectoryServiceClient::new(t.clone()).max_decoding_message_size(64 << 20),
+            infos: PathInfoServiceClient::new(t).max_decoding_message_size(64 << 20),
+        }
+    }
+
+    async fn path_info(&mut self, hash: [u8; 20]) -> Result<PathInfo, tonic::Status> {
+        let req = GetPathInfoRequest {
+            by_what: Some(get_path_info_request::ByWhat::ByOutputHash(
+                Bytes::copy_from_slice(&hash),
+            )),
+        };
+        self.infos.get(req).await.map(|r| r.into_inner())
+    }
+
+    async fn list(&mut self) -> Vec<PathInfo> {
+        let mut s = self
+            .infos
+            .list(ListPathInfoRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(p) = s.message().await.unwrap() {
+            out.push(p);
+        }
+        out
+    }
+
+    /// Every Directory a Get streams, or the status it failed with (at the
+    /// call or mid-stream), with how many came before the failure.
+    async fn directories(
+        &mut self,
+        digest: &[u8],
+        recursive: bool,
+    ) -> (Vec<Directory>, Option<tonic::Status>) {
+        let req = GetDirectoryRequest {
+            by_what: Some(get_directory_request::ByWhat::Digest(
+                Bytes::copy_from_slice(digest),
+            )),
+            recursive,
+        };
+        let mut s = match self.dirs.get(req).await {
+            Ok(r) => r.into_inner(),
+            Err(e) => return (Vec::new(), Some(e)),
+        };
+        let mut out = Vec::new();
+        loop {
+            match s.message().await {
+                Ok(Some(d)) => out.push(d),
+                Ok(None) => return (out, None),
+                Err(e) => return (out, Some(e)),
+            }
+        }
+    }
+
+    async fn stat(&mut self, digest: &[u8]) -> Result<Vec<(Bytes, u64)>, tonic::Status> {
+        let req = StatBlobRequest {
+            digest: Bytes::copy_from_slice(digest),
+            send_chunks: true,
+            send_bao: false,
+        };
+        let r = self.blobs.stat(req).await?.into_inner();
+        Ok(r.chunks.into_iter().map(|c| (c.digest, c.size)).collect())
+    }
+
+    /// The messages of a Read (their data), or the status it failed with.
+    async fn read(&mut self, digest: &[u8]) -> Result<Vec<Bytes>, tonic::Status> {
+        let req = ReadBlobRequest {
+            digest: Bytes::copy_from_slice(digest),
+        };
+        let mut s = self.blobs.read(req).await?.into_inner();
+        let mut out = Vec::new();
+        while let Some(c) = s.message().await? {
+            out.push(c.data);
+        }
+        Ok(out)
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+// ---------------------------------------------------------------- hashing
+
+/// SHA-256 (FIPS 180-4), small and slow: enough to recompute NAR hashes and
+/// store path hashes here without another dependency.
+fn sha256(data: &[u8]) -> [u8; 32] {
+    const K: [u32; 64] = [
+        0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4,
+        0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe,
+        0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f,
+        0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7,
+        0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc,
+        0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b,
+        0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116,
+        0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+        0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
+        0xc67178f2,
+    ];
+    let mut h: [u32; 8] = [
+        0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab,
+        0x5be0cd19,
+    ];
+    let mut msg = data.to_vec();
+    msg.push(0x80);
+    while msg.len() % 64 != 56 {
+        msg.push(0);
+    }
+    msg.extend_from_slice(&((data.len() as u64) * 8).to_be_bytes());
+    for block in msg.chunks_exact(64) {
+        let mut w = [0u32; 64];
+        for (i, word) in block.chunks_exact(4).enumerate() {
+            w[i] = u32::from_be_bytes(word.try_into().unwrap());
+        }
+        for i in 16..64 {
+            let s0 = w[i - 15].rotate_right(7) ^ w[i - 15].rotate_right(18) ^ (w[i - 15] >> 3);
+            let s1 = w[i - 2].rotate_right(17) ^ w[i - 2].rotate_right(19) ^ (w[i - 2] >> 10);
+            w[i] = w[i - 16]
+                .wrapping_add(s0)
+                .wrapping_add(w[i - 7])
+                .wrapping_add(s1);
+        }
+        let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut hh] = h;
+        for i in 0..64 {
+            let s1 = e.rotate_right(6) ^ e.rotate_right(11) ^ e.rotate_right(25);
+            let ch = (e & f) ^ (!e & g);
+            let t1 = hh
+                .wrapping_add(s1)
+                .wrapping_add(ch)
+                .wrapping_add(K[i])
+                .wrapping_add(w[i]);
+            let s0 = a.rotate_right(2) ^ a.rotate_right(13) ^ a.rotate_right(22);
+            let maj = (a & b) ^ (a & c) ^ (b & c);
+            let t2 = s0.wrapping_add(maj);
+            hh = g;
+            g = f;
+            f = e;
+            e = d.wrapping_add(t1);
+            d = c;
+            c = b;
+            b = a;
+            a = t1.wrapping_add(t2);
+        }
+        for (x, y) in h.iter_mut().zip([a, b, c, d, e, f, g, hh]) {
+            *x = x.wrapping_add(y);
+        }
+    }
+    let mut out = [0u8; 32];
+    for (i, x) in h.iter().enumerate() {
+        out[4 * i..4 * i + 4].copy_from_slice(&x.to_be_bytes());
+    }
+    out
+}
+
+fn hex(b: &[u8]) -> String {
+    data_encoding::HEXLOWER.encode(b)
+}
+
+#[test]
+fn sha256_matches_the_standard_vectors() {
+    assert_eq!(
+        hex(&sha256(b"abc")),
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+    assert_eq!(
+        hex(&sha256(b"")),
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    );
+    let long = vec![b'a'; 1000];
+    assert_eq!(
+        hex(&sha256(&long)),
+        "41edece42d63e8d9bf515a9ba6932e1c20cbc9f5a5d134645adb5db1b9737ea3"
+    );
+}
+
+/// Nix's fixed-output store path hash of a NAR-hashed import without
+/// references: sha256 of `source:sha256:<hex>:/nix/store:<name>`, folded
+/// to 20 bytes by XOR (byte i goes to i % 20).
+fn source_path_hash(nar_sha256: &[u8], name: &str) -> [u8; 20] {
+    let fingerprint = format!("source:sha256:{}:/nix/store:{name}", hex(nar_sha256));
+    let full = sha256(fingerprint.as_bytes());
+    let mut out = [0u8; 20];
+    for (i, b) in full.iter().enumerate() {
+        out[i % 20] ^= b;
+    }
+    out
+}
+
+// ---------------------------------------------------------------- NAR
+
+fn nar_str(out: &mut Vec<u8>, s: &[u8]) {
+    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+    out.extend_from_slice(s);
+    out.resize(out.len().div_ceil(8) * 8, 0);
+}
+
+fn nar_node(out: &mut Vec<u8>, path: &Path) {
+    let meta = std::fs::symlink_metadata(path).unwrap();
+    nar_str(out, b"(");
+    nar_str(out, b"type");
+    if meta.file_type().is_symlink() {
+        nar_str(out, b"symlink");
+        nar_str(out, b"target");
+        let target = std::fs::read_link(path).unwrap();
+        nar_str(out, target.as_os_str().as_encoded_bytes());
+    } else if meta.is_dir() {
+        nar_str(out, b"directory");
+        let mut names: Vec<_> = std::fs::read_dir(path)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort_by(|a, b| a.as_encoded_bytes().cmp(b.as_encoded_bytes()));
+        for name in names {
+            nar_str(out, b"entry");
+            nar_str(out, b"(");
+            nar_str(out, b"name");
+            nar_str(out, name.as_encoded_bytes());
+            nar_str(out, b"node");
+            nar_node(out, &path.join(&name));
+            nar_str(out, b")");
+        }
+    } else {
+        nar_str(out, b"regular");
+        if meta.permissions().mode() & 0o100 != 0 {
+            nar_str(out, b"executable");
+            nar_str(out, b"");
+        }
+        nar_str(out, b"contents");
+        nar_str(out, &std::fs::read(path).unwrap());
+    }
+    nar_str(out, b")");
+}
+
+/// The NAR serialisation of `path`, as Nix writes it.
+fn nar(path: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    nar_str(&mut out, b"nix-archive-1");
+    nar_node(&mut out, path);
+    out
+}
+
+// ---------------------------------------------------------------- trees
+
+/// Deterministic incompressible bytes (xorshift), so content-defined
+/// chunking has something to cut.
+fn noise(len: usize, mut seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        out.extend_from_slice(&seed.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// The audit's import root: each top-level entry becomes one store path.
+///  - `tree/`: `a/` and `b/` identical (the same Directory twice), each
+///    holding `x/f`; `nested/d1/d2/d3/leaf`; `big` (3 MiB), `small`
+///    (10 KiB), `empty`, `emptydir/`, `exe` (0755), `link` (4095-byte
+///    target)
+///  - `hello`: a regular file "hello\n"
+///  - `lonely`: an empty directory
+fn audit_tree() -> PathBuf {
+    static TREE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    TREE.get_or_init(build_audit_tree).clone()
+}
+
+fn build_audit_tree() -> PathBuf {
+    let root = scratch("wire-tree");
+    let t = root.join("tree");
+    for side in ["a", "b"] {
+        std::fs::create_dir_all(t.join(side).join("x")).unwrap();
+        std::fs::write(t.join(side).join("x/f"), b"same\n").unwrap();
+    }
+    std::fs::create_dir_all(t.join("nested/d1/d2/d3")).unwrap();
+    std::fs::write(t.join("nested/d1/d2/d3/leaf"), b"leaf\n").unwrap();
+    std::fs::write(t.join("nested/d1/one"), b"1").unwrap();
+    std::fs::write(t.join("big"), noise(BIG, 0x9e37_79b9_7f4a_7c15)).unwrap();
+    std::fs::write(t.join("small"), noise(SMALL, 42)).unwrap();
+    std::fs::write(t.join("empty"), b"").unwrap();
+    std::fs::create_dir(t.join("emptydir")).unwrap();
+    std::fs::write(t.join("exe"), b"#!/bin/sh\necho hi\n").unwrap();
+    std::fs::set_permissions(t.join("exe"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let target = "t".repeat(LONG_TARGET);
+    std::os::unix::fs::symlink(&target, t.join("link")).unwrap();
+    std::fs::write(root.join("hello"), b"hello\n").unwrap();
+    std::fs::create_dir(root.join("lonely")).unwrap();
+    root
+}
+
+fn dir_node<'a>(d: &'a Directory, name: &str) -> &'a DirectoryNode {
+    d.directories
+        .iter()
+        .find(|n| n.name == name.as_bytes())
+        .unwrap_or_else(|| panic!("no directory {name} in {d:?}"))
+}
+
+fn file_node<'a>(d: &'a Directory, name: &str) -> &'a tvix_virtiofsd::proto::castore::FileNode {
+    d.files
+        .iter()
+        .find(|n| n.name == name.as_bytes())
+        .unwrap_or_else(|| panic!("no file {name}"))
+}
+
+/// The proto's own size of a Directory: its entries plus the sizes its
+/// DirectoryNodes announce.
+fn own_size(d: &Directory) -> u64 {
+    (d.directories.len() + d.files.len() + d.symlinks.len()) as u64
+        + d.directories.iter().map(|n| n.size).sum::<u64>()
+}
+
+fn digest_of(d: &Directory) -> [u8; 32] {
+    use prost::Message;
+    *B3Digest::of(&d.encode_to_vec()).as_bytes()
+}
+
+fn path_hash(basename: &str) -> [u8; 20] {
+    nixbase32::decode::<20>(&basename.as_bytes()[..32]).unwrap()
+}
+
+
+/// A real store holding the audit tree, with raw clients on it, or `None`
+/// (after the loud skip message) without the binary.
+fn audited(kind: StoreKind, test: &str) -> Option<(RealStore, PathBuf)> {
+    let root = audit_tree();
+    RealStore::with_trees(kind, test, &[&root]).map(|s| (s, root))
+}
+
+fn name_of(info: &PathInfo) -> Vec<u8> {
+    match info.node.as_ref().and_then(|n| n.node.as_ref()) {
+        Some(node::Node::Directory(n)) => n.name.to_vec(),
+        Some(node::Node::File(n)) => n.name.to_vec(),
+        Some(node::Node::Symlink(n)) => n.name.to_vec(),
+        None => panic!("path info without a node: {info:?}"),
+    }
+}
+
+/// The root Directory digest of the imported `tree`.
+async fn tree_root(w: &mut Wire, store: &RealStore, root: &Path) -> DirectoryNode {
+    let base = store.store_path_of(&root.join("tree"));
+    let info = w.path_info(path_hash(&base)).await.unwrap();
+    match info.node.and_then(|n| n.node) {
+        Some(node::Node::Directory(d)) => d,
+        other => panic!("tree is not a directory: {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------- PathInfo
+
+/// PathInfo of an `import`: the node is named by the store path basename;
+/// the NARInfo is always there, with the NAR's size and sha256 exactly as
+/// Nix would serialise the host tree, no references, signatures or deriver,
+/// and `ca` = NAR_SHA256 of that same hash; the store path hash is Nix's
+/// fixed-output "source" path of the NAR sha256.
+fn path_info_of_an_import(kind: StoreKind, test: &str) {
+    let Some((store, _root)) = audited(kind, test) else {
+        return;
+    };
+    runtime().block_on(async {
+        let mut w = Wire::new(&store.socket, kind);
+        assert_eq!(store.store_paths().len(), 3);
+        for (source, base) in store.store_paths() {
+            let info = w.path_info(path_hash(base)).await.unwrap();
+            assert_eq!(name_of(&info), base.as_bytes(), "node name = basename");
+            assert!(info.references.is_empty(), "{base}: references");
+            let narinfo = info.narinfo.as_ref().expect("import writes a NARInfo");
+            let nar = nar(source);
+            assert_eq!(narinfo.nar_size, nar.len() as u64, "{base}: nar_size");
+            assert_eq!(narinfo.nar_sha256[..], sha256(&nar), "{base}: nar_sha256");
+            assert!(narinfo.signatures.is_empty(), "{base}: signatures");
+            assert!(narinfo.reference_names.is_empty(), "{base}: reference_names");
+            assert_eq!(narinfo.deriver, None, "{base}: deriver");
+            let ca = narinfo.ca.as_ref().expect("import writes a ca");
+            assert_eq!(ca.r#type(), nar_info::ca::Hash::NarSha256, "{base}: ca type");
+            assert_eq!(ca.digest, narinfo.nar_sha256, "{base}: ca digest");
+            let name = source.file_name().unwrap().to_str().unwrap();
+            assert_eq!(base, &format!("{}-{name}", nixbase32::encode(&source_path_hash(&narinfo.nar_sha256, name))),
+                "store path = fixed-output source path of the NAR sha256");
+        }
+        // The single-file path: a NAR of "hello\n" is 120 bytes.
+        let hello = store.store_path_of(&_root.join("hello"));
+        let info = w.path_info(path_hash(&hello)).await.unwrap();
+        assert_eq!(info.narinfo.unwrap().nar_size, 120);
+
+        // Unknown hash: NOT_FOUND.
+        let err = w.path_info([0; 20]).await.unwrap_err();
+        assert_eq!(err.code(), Code::NotFound, "{err:?}");
+
+        // The library client agrees.
+        let client = store_client(&store.socket, kind);
+        let entry = client
+            .path_info(path_hash(&hello), hello.as_bytes())
+            .await
+            .unwrap()
+            .expect("the library finds the imported path");
+        assert_eq!(entry.name, hello.as_bytes());
+    });
+}
+
+fn store_client(socket: &Path, kind: StoreKind) -> StoreClient {
+    StoreClient::new(&StoreConfig {
+        blob_service: address(socket),
+        directory_service: address(socket),
+        path_info_service: address(socket),
+        protocol: protocol(kind),
+        timeout: Duration::from_secs(10),
+        tls: TlsSettings::default(),
+    })
+    .unwrap()
+}
+
+#[test]
+fn tvix_path_info_of_an_import() {
+    path_info_of_an_import(StoreKind::Tvix, "tvix_path_info_of_an_import");
+}
+
+#[test]
+fn snix_path_info_of_an_import() {
+    path_info_of_an_import(StoreKind::Snix, "snix_path_info_of_an_import");
+}
+
+// ---------------------------------------------------------------- List
+
+/// List streams every path info once, in the order of the raw 20-byte
+/// output hash (the redb key), which is not the order of the basenames.
+fn list_streams_every_path(kind: StoreKind, test: &str) {
+    let Some((store, _root)) = audited(kind, test) else {
+        return;
+    };
+    runtime().block_on(async {
+        let mut w = Wire::new(&store.socket, kind);
+        let listed: Vec<Vec<u8>> = w.list().await.iter().map(name_of).collect();
+        let mut expected: Vec<Vec<u8>> = store
+            .store_paths()
+            .values()
+            .map(|b| b.as_bytes().to_vec())
+            .collect();
+        assert_eq!(listed.len(), expected.len(), "one message per path");
+        let mut by_hash = expected.clone();
+        by_hash.sort_by_key(|b| path_hash(std::str::from_utf8(b).unwrap()));
+        assert_eq!(listed, by_hash, "listed in raw hash order");
+        expected.sort();
+        assert_ne!(listed, expected, "not in basename order (for these paths)");
+    });
+}
+
+#[test]
+fn tvix_list_streams_every_path() {
+    list_streams_every_path(StoreKind::Tvix, "tvix_list_streams_every_path");
+}
+
+#[test]
+fn snix_list_streams_every_path() {
+    list_streams_every_path(StoreKind::Snix, "snix_list_streams_every_path");
+}
+
+// ---------------------------------------------------------------- Directory
+
+/// Directory Get: unknown digest is NOT_FOUND non-recursively but an empty,
+/// successful stream recursively; a recursive Get streams root first, then
+/// breadth-first, each Directory once (a and b are the same Directory, and
+/// both hold the same x: each is sent once); DirectoryNode.size is
+/// 2 × entries + the children's announced sizes.
+fn directory_get(kind: StoreKind, test: &str) {
+    let Some((store, root)) = audited(kind, test) else {
+        return;
+    };
+    runtime().block_on(async {
+        let mut w = Wire::new(&store.socket, kind);
+        let (got, err) = w.directories(&[7; 32], false).await;
+        assert!(got.is_empty());
+        assert_eq!(err.map(|e| e.code()), Some(Code::NotFound));
+        let (got, err) = w.directories(&[7; 32], true).await;
+        assert!(got.is_empty(), "recursive Get of an unknown digest");
+        assert!(err.is_none(), "recursive Get of an unknown digest: {err:?}");
+
+        let top = tree_root(&mut w, &store, &root).await;
+        let (dirs, err) = w.directories(&top.digest, true).await;
+        assert!(err.is_none(), "{err:?}");
+        assert_eq!(digest_of(&dirs[0])[..], top.digest[..], "root first");
+
+        // Breadth-first with duplicates left out: the order of first
+        // discovery, level by level, children in name order.
+        let mut expected: Vec<[u8; 32]> = vec![top.digest[..].try_into().unwrap()];
+        let mut i = 0;
+        while i < expected.len() {
+            let d = dirs
+                .iter()
+                .find(|d| digest_of(d) == expected[i])
+                .expect("every Directory below the root is sent");
+            for n in &d.directories {
+                let digest: [u8; 32] = n.digest[..].try_into().unwrap();
+                if !expected.contains(&digest) {
+                    expected.push(digest);
+                }
+            }
+            i += 1;
+        }
+        let sent: Vec<[u8; 32]> = dirs.iter().map(digest_of).collect();
+        assert_eq!(sent, expected, "BFS order, each Directory once");
+        // root, a (= b), emptydir, nested, x, d1, d2, d3
+        assert_eq!(sent.len(), 8);
+        let r = &dirs[0];
+        assert_eq!(dir_node(r, "a").digest, dir_node(r, "b").digest);
+
+        // Sizes: every DirectoryNode announces 2 × entries + the sizes its
+        // own DirectoryNodes announce; the proto's definition (entries +
+        // children) is a lower bound of that.
+        for d in &dirs {
+            for n in &d.directories {
+                let child = dirs.iter().find(|c| digest_of(c)[..] == n.digest[..]).unwrap();
+                let entries = (child.directories.len() + child.files.len() + child.symlinks.len()) as u64;
+                let below: u64 = child.directories.iter().map(|c| c.size).sum();
+                assert_eq!(n.size, 2 * entries + below, "size of {:?}", n.name);
+                assert!(n.size >= own_size(child));
+            }
+        }
+        assert_eq!(top.size, 36, "9 entries × 2 + a 4 + b 4 + emptydir 0 + nested 10");
+        assert_eq!(own_size(r), 27, "what the proto's definition gives");
+        assert_eq!(dir_node(r, "nested").size, 10);
+        assert_eq!(dir_node(r, "emptydir").size, 0);
+
+        // Non-recursive Get: exactly one Directory.
+        let (one, err) = w.directories(&top.digest, false).await;
+        assert!(err.is_none());
+        assert_eq!(one, vec![dirs[0].clone()]);
+
+        // The library's validation accepts all of it.
+        let client = store_client(&store.socket, kind);
+        let digest = B3Digest::of(&{
+            use prost::Message;
+            dirs[0].encode_to_vec()
+        });
+        let validated = client
+            .directories(&digest, Some(top.size), 100)
+            .await
+            .unwrap();
+        assert_eq!(validated.len(), 8);
+    });
+}
+
+#[test]
+fn tvix_directory_get() {
+    directory_get(StoreKind::Tvix, "tvix_directory_get");
+}
+
+#[test]
+fn snix_directory_get() {
+    directory_get(StoreKind::Snix, "snix_directory_get");
+}
