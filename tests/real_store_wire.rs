@@ -390,7 +390,6 @@ fn path_hash(basename: &str) -> [u8; 20] {
     nixbase32::decode::<20>(&basename.as_bytes()[..32]).unwrap()
 }
 
-
 /// A real store holding the audit tree, with raw clients on it, or `None`
 /// (after the loud skip message) without the binary.
 fn audited(kind: StoreKind, test: &str) -> Option<(RealStore, PathBuf)> {
@@ -440,14 +439,27 @@ fn path_info_of_an_import(kind: StoreKind, test: &str) {
             assert_eq!(narinfo.nar_size, nar.len() as u64, "{base}: nar_size");
             assert_eq!(narinfo.nar_sha256[..], sha256(&nar), "{base}: nar_sha256");
             assert!(narinfo.signatures.is_empty(), "{base}: signatures");
-            assert!(narinfo.reference_names.is_empty(), "{base}: reference_names");
+            assert!(
+                narinfo.reference_names.is_empty(),
+                "{base}: reference_names"
+            );
             assert_eq!(narinfo.deriver, None, "{base}: deriver");
             let ca = narinfo.ca.as_ref().expect("import writes a ca");
-            assert_eq!(ca.r#type(), nar_info::ca::Hash::NarSha256, "{base}: ca type");
+            assert_eq!(
+                ca.r#type(),
+                nar_info::ca::Hash::NarSha256,
+                "{base}: ca type"
+            );
             assert_eq!(ca.digest, narinfo.nar_sha256, "{base}: ca digest");
             let name = source.file_name().unwrap().to_str().unwrap();
-            assert_eq!(base, &format!("{}-{name}", nixbase32::encode(&source_path_hash(&narinfo.nar_sha256, name))),
-                "store path = fixed-output source path of the NAR sha256");
+            assert_eq!(
+                base,
+                &format!(
+                    "{}-{name}",
+                    nixbase32::encode(&source_path_hash(&narinfo.nar_sha256, name))
+                ),
+                "store path = fixed-output source path of the NAR sha256"
+            );
         }
         // The single-file path: a NAR of "hello\n" is 120 bytes.
         let hello = store.store_path_of(&_root.join("hello"));
@@ -580,14 +592,21 @@ fn directory_get(kind: StoreKind, test: &str) {
         // children) is a lower bound of that.
         for d in &dirs {
             for n in &d.directories {
-                let child = dirs.iter().find(|c| digest_of(c)[..] == n.digest[..]).unwrap();
-                let entries = (child.directories.len() + child.files.len() + child.symlinks.len()) as u64;
+                let child = dirs
+                    .iter()
+                    .find(|c| digest_of(c)[..] == n.digest[..])
+                    .unwrap();
+                let entries =
+                    (child.directories.len() + child.files.len() + child.symlinks.len()) as u64;
                 let below: u64 = child.directories.iter().map(|c| c.size).sum();
                 assert_eq!(n.size, 2 * entries + below, "size of {:?}", n.name);
                 assert!(n.size >= own_size(child));
             }
         }
-        assert_eq!(top.size, 36, "9 entries × 2 + a 4 + b 4 + emptydir 0 + nested 10");
+        assert_eq!(
+            top.size, 36,
+            "9 entries × 2 + a 4 + b 4 + emptydir 0 + nested 10"
+        );
         assert_eq!(own_size(r), 27, "what the proto's definition gives");
         assert_eq!(dir_node(r, "nested").size, 10);
         assert_eq!(dir_node(r, "emptydir").size, 0);
@@ -678,13 +697,22 @@ fn blobs_on_objectstore(kind: StoreKind, test: &str) {
         let digest = B3Digest::try_from(&big.digest[..]).unwrap();
         let lib = client.blob_chunks(&digest, big.size).await.unwrap();
         assert_eq!(lib.len(), chunks.len());
-        assert_eq!(lib.iter().map(|c| c.size).collect::<Vec<_>>(),
-            chunks.iter().map(|c| c.1).collect::<Vec<_>>());
+        assert_eq!(
+            lib.iter().map(|c| c.size).collect::<Vec<_>>(),
+            chunks.iter().map(|c| c.1).collect::<Vec<_>>()
+        );
 
         let small = file_node(r, "small");
-        assert_eq!(w.stat(&small.digest).await.unwrap(), vec![], "small: no chunks");
+        assert_eq!(
+            w.stat(&small.digest).await.unwrap(),
+            vec![],
+            "small: no chunks"
+        );
         let msgs = w.read(&small.digest).await.unwrap();
-        assert_eq!(msgs.iter().map(|m| m.len()).collect::<Vec<_>>(), vec![4096, 4096, 2048]);
+        assert_eq!(
+            msgs.iter().map(|m| m.len()).collect::<Vec<_>>(),
+            vec![4096, 4096, 2048]
+        );
 
         // The empty blob.
         let empty = file_node(r, "empty");
@@ -747,14 +775,23 @@ impl MemoryStore {
         let a = format!("grpc+unix://{}", self.socket.display());
         let out = Command::new(&self.bin)
             .args(["--otlp=false", "import", "--blob-service-addr", &a])
-            .args(["--directory-service-addr", &a, "--path-info-service-addr", &a])
+            .args([
+                "--directory-service-addr",
+                &a,
+                "--path-info-service-addr",
+                &a,
+            ])
             .arg(path)
             .stderr(Stdio::inherit())
             .output()
             .unwrap();
         assert!(out.status.success(), "import {}", path.display());
         let stdout = String::from_utf8(out.stdout).unwrap();
-        let line = stdout.lines().rev().find(|l| l.starts_with("/nix/store/")).unwrap();
+        let line = stdout
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("/nix/store/"))
+            .unwrap();
         line.trim_start_matches("/nix/store/").trim().to_string()
     }
 }
@@ -781,9 +818,17 @@ fn memory_backend_keeps_blobs_whole(kind: StoreKind, test: &str) {
     rt.block_on(async {
         let mut w = Wire::new(&store.socket, kind);
         let stat = w.stat(empty.as_bytes()).await;
-        assert_eq!(stat.unwrap_err().code(), Code::NotFound, "empty blob, fresh store");
+        assert_eq!(
+            stat.unwrap_err().code(),
+            Code::NotFound,
+            "empty blob, fresh store"
+        );
         let read = w.read(empty.as_bytes()).await;
-        assert_eq!(read.unwrap_err().code(), Code::NotFound, "empty blob, fresh store");
+        assert_eq!(
+            read.unwrap_err().code(),
+            Code::NotFound,
+            "empty blob, fresh store"
+        );
         assert_eq!(w.stat(&[7; 32]).await.unwrap_err().code(), Code::NotFound);
     });
     let root = audit_tree();
@@ -796,12 +841,20 @@ fn memory_backend_keeps_blobs_whole(kind: StoreKind, test: &str) {
         };
         let (dirs, _) = w.directories(&top.digest, false).await;
         let big = file_node(&dirs[0], "big");
-        assert_eq!(w.stat(&big.digest).await.unwrap(), vec![], "memory:// does not chunk");
+        assert_eq!(
+            w.stat(&big.digest).await.unwrap(),
+            vec![],
+            "memory:// does not chunk"
+        );
         let msgs = w.read(&big.digest).await.unwrap();
         assert_eq!(msgs.len(), BIG / 4096);
         assert!(msgs.iter().all(|m| m.len() == 4096));
         assert_eq!(msgs.concat(), std::fs::read(root.join("tree/big")).unwrap());
-        assert_eq!(w.stat(empty.as_bytes()).await.unwrap(), vec![], "empty blob, imported");
+        assert_eq!(
+            w.stat(empty.as_bytes()).await.unwrap(),
+            vec![],
+            "empty blob, imported"
+        );
         assert_eq!(w.read(empty.as_bytes()).await.unwrap(), Vec::<Bytes>::new());
     });
     let mut on_disk = audited(kind, test).expect("the binary is there").0;
@@ -817,4 +870,125 @@ fn tvix_memory_backend_keeps_blobs_whole() {
 #[test]
 fn snix_memory_backend_keeps_blobs_whole() {
     memory_backend_keeps_blobs_whole(StoreKind::Snix, "snix_memory_backend_keeps_blobs_whole");
+}
+
+// ---------------------------------------------------------------- nodes
+
+/// The nodes `import` writes: an empty file is a FileNode of size 0 with
+/// the empty blob's digest and executable false; an empty directory a
+/// DirectoryNode of size 0 with the empty Directory's digest (also the
+/// empty blob's: both are blake3 of no bytes); a 0755 file has
+/// executable = true; a symlink with a 4095-byte target (the most the
+/// host's symlink(2) takes: PATH_MAX 4096 with the NUL) round-trips byte
+/// for byte. Longer targets cannot be made on the host, and the stores
+/// refuse them too: a Directory Put with a 4096-byte or 10 KiB target
+/// fails, 4095 is the longest they take.
+fn nodes_of_an_import(kind: StoreKind, test: &str) {
+    let Some((store, root)) = audited(kind, test) else {
+        return;
+    };
+    let host = root.join("tree");
+    let too_long = scratch("long-symlink").join("link");
+    let err = std::os::unix::fs::symlink("t".repeat(10 << 10), &too_long).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENAMETOOLONG), "{err}");
+    let err = std::os::unix::fs::symlink("t".repeat(4096), &too_long).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENAMETOOLONG), "{err}");
+
+    runtime().block_on(async {
+        let mut w = Wire::new(&store.socket, kind);
+        let top = tree_root(&mut w, &store, &root).await;
+        let (dirs, _) = w.directories(&top.digest, true).await;
+        let r = &dirs[0];
+        let empty_digest = B3Digest::of(b"");
+
+        let empty = file_node(r, "empty");
+        assert_eq!((empty.size, empty.executable), (0, false));
+        assert_eq!(empty.digest[..], empty_digest.as_bytes()[..]);
+
+        let emptydir = dir_node(r, "emptydir");
+        assert_eq!(emptydir.size, 0);
+        assert_eq!(emptydir.digest[..], digest_of(&Directory::default()));
+        assert_eq!(emptydir.digest[..], empty_digest.as_bytes()[..]);
+        let (got, err) = w.directories(&emptydir.digest, false).await;
+        assert!(err.is_none());
+        assert_eq!(
+            got,
+            vec![Directory::default()],
+            "the empty Directory is stored"
+        );
+
+        let exe = file_node(r, "exe");
+        assert!(exe.executable);
+        assert_eq!(exe.size, std::fs::metadata(host.join("exe")).unwrap().len());
+        assert!(!file_node(r, "small").executable);
+
+        assert_eq!(r.symlinks.len(), 1);
+        let link = &r.symlinks[0];
+        assert_eq!(link.name, "link".as_bytes());
+        assert_eq!(link.target.len(), LONG_TARGET);
+        let host_target = std::fs::read_link(host.join("link")).unwrap();
+        assert_eq!(link.target[..], *host_target.as_os_str().as_encoded_bytes());
+
+        // Entries are sorted by name within each list.
+        for d in &dirs {
+            assert!(d.directories.windows(2).all(|p| p[0].name < p[1].name));
+            assert!(d.files.windows(2).all(|p| p[0].name < p[1].name));
+        }
+
+        // A top-level empty directory is a store path of its own.
+        let lonely = store.store_path_of(&root.join("lonely"));
+        let info = w.path_info(path_hash(&lonely)).await.unwrap();
+        match info.node.and_then(|n| n.node) {
+            Some(node::Node::Directory(d)) => {
+                assert_eq!(d.size, 0);
+                assert_eq!(d.digest[..], empty_digest.as_bytes()[..]);
+            }
+            other => panic!("lonely: {other:?}"),
+        }
+        // A top-level file: a FileNode named by the basename.
+        let hello = store.store_path_of(&root.join("hello"));
+        let info = w.path_info(path_hash(&hello)).await.unwrap();
+        match info.node.and_then(|n| n.node) {
+            Some(node::Node::File(f)) => {
+                assert_eq!((f.size, f.executable), (6, false));
+                assert_eq!(f.digest[..], B3Digest::of(b"hello\n").as_bytes()[..]);
+            }
+            other => panic!("hello: {other:?}"),
+        }
+
+        // Put straight into the DirectoryService: the stores take targets
+        // up to 4095 bytes and refuse 4096 and more (10 KiB too) with
+        // INTERNAL, "Invalid symlink target"; nothing is stored then.
+        for (len, accepted) in [(4095usize, true), (4096, false), (10 << 10, false)] {
+            let d = Directory {
+                symlinks: vec![tvix_virtiofsd::proto::castore::SymlinkNode {
+                    name: Bytes::from_static(b"long"),
+                    target: Bytes::from("t".repeat(len)),
+                }],
+                ..Default::default()
+            };
+            let put = w.dirs.put(tokio_stream::iter(vec![d.clone()])).await;
+            let (got, err) = w.directories(&digest_of(&d), false).await;
+            if accepted {
+                let root_digest = put.unwrap().into_inner().root_digest;
+                assert_eq!(root_digest[..], digest_of(&d), "target of {len}");
+                assert_eq!(got, vec![d], "target of {len} sent back as is");
+            } else {
+                let e = put.unwrap_err();
+                assert_eq!(e.code(), Code::Internal, "target of {len}: {e:?}");
+                assert!(e.message().contains("Invalid symlink target"), "{len}");
+                assert_eq!(err.map(|e| e.code()), Some(Code::NotFound), "{len}");
+            }
+        }
+    });
+}
+
+#[test]
+fn tvix_nodes_of_an_import() {
+    nodes_of_an_import(StoreKind::Tvix, "tvix_nodes_of_an_import");
+}
+
+#[test]
+fn snix_nodes_of_an_import() {
+    nodes_of_an_import(StoreKind::Snix, "snix_nodes_of_an_import");
 }
