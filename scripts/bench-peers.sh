@@ -360,7 +360,7 @@ report() {
   if [ -s "$failures" ]; then
     echo "Failed passes (row, repetition, pass, reason):"
     echo
-    sort -u "$failures" | sed 's/^/- /; s/|/\\|/g'
+    sort -k 2,2n -k 1,1 "$failures" | awk '{ r = $1; p = $2; w = $3; $1 = $2 = $3 = ""; sub(/^ +/, ""); gsub(/\|/, "\\|"); printf "- %s, rep %s, %s: %s\n", r, p, w, $0 }'
     echo
   fi
   [ -n "$snix_bin" ] || { echo "snix-store was not found: its rows were not run."; echo; }
