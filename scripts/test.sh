@@ -17,3 +17,4 @@ scripts/check-deploy.sh
 scripts/bench-guest-read.sh --smoke
 scripts/bench-cache.sh --smoke
 scripts/bench-vm.sh --smoke
+scripts/bench-peers.sh --smoke
