@@ -406,7 +406,7 @@ fn name_of(info: &PathInfo) -> Vec<u8> {
     }
 }
 
-/// The root Directory digest of the imported `tree`.
+/// The DirectoryNode of the imported `tree` store path.
 async fn tree_root(w: &mut Wire, store: &RealStore, root: &Path) -> DirectoryNode {
     let base = store.store_path_of(&root.join("tree"));
     let info = w.path_info(path_hash(&base)).await.unwrap();
@@ -424,7 +424,7 @@ async fn tree_root(w: &mut Wire, store: &RealStore, root: &Path) -> DirectoryNod
 /// and `ca` = NAR_SHA256 of that same hash; the store path hash is Nix's
 /// fixed-output "source" path of the NAR sha256.
 fn path_info_of_an_import(kind: StoreKind, test: &str) {
-    let Some((store, _root)) = audited(kind, test) else {
+    let Some((store, root)) = audited(kind, test) else {
         return;
     };
     runtime().block_on(async {
@@ -462,7 +462,7 @@ fn path_info_of_an_import(kind: StoreKind, test: &str) {
             );
         }
         // The single-file path: a NAR of "hello\n" is 120 bytes.
-        let hello = store.store_path_of(&_root.join("hello"));
+        let hello = store.store_path_of(&root.join("hello"));
         let info = w.path_info(path_hash(&hello)).await.unwrap();
         assert_eq!(info.narinfo.unwrap().nar_size, 120);
 
@@ -506,11 +506,21 @@ fn snix_path_info_of_an_import() {
 // ---------------------------------------------------------------- List
 
 /// List streams every path info once, in the order of the raw 20-byte
-/// output hash (the redb key), which is not the order of the basenames.
+/// output hash (the redb key), which is not the order of the basenames
+/// (nixbase32 writes the hash's last bits first).
 fn list_streams_every_path(kind: StoreKind, test: &str) {
-    let Some((store, _root)) = audited(kind, test) else {
+    let Some((mut store, _)) = audited(kind, test) else {
         return;
     };
+    // A dozen more paths through the running daemon, so that the order is
+    // not a coincidence of three.
+    let more = scratch("wire-more");
+    for i in 0..12 {
+        let f = more.join(format!("more-{i}"));
+        std::fs::write(&f, format!("{i}\n")).unwrap();
+        store.import(&f);
+    }
+    assert_eq!(store.store_paths().len(), 15);
     runtime().block_on(async {
         let mut w = Wire::new(&store.socket, kind);
         let listed: Vec<Vec<u8>> = w.list().await.iter().map(name_of).collect();
