@@ -637,6 +637,16 @@ fn directory_get(kind: StoreKind, test: &str) {
             .await
             .unwrap();
         assert_eq!(validated.len(), 8);
+        // and takes the empty stream for an unknown digest as not found.
+        let unknown = B3Digest::from([7; 32]);
+        let err = client.directories(&unknown, None, 100).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                tvix_virtiofsd::store::StoreError::DirectoryNotFound { .. }
+            ),
+            "{err}"
+        );
     });
 }
 
