@@ -1,5 +1,6 @@
-//! Generates the gRPC client and server code from `protos/` with protox, a
-//! pure-Rust protobuf compiler, so that no system `protoc` is needed.
+//! Generates the gRPC clients (no servers: the daemon only calls the store)
+//! from `protos/` with protox, a pure-Rust protobuf compiler, so that no
+//! system `protoc` is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
@@ -15,7 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = protox::compile(files, ["protos"])?;
     tonic_prost_build::configure()
         .build_client(true)
-        .build_server(true)
+        .build_server(false)
         .bytes(".")
         .compile_fds(descriptors)?;
     Ok(())

@@ -7,10 +7,10 @@ cd "$(dirname "$0")/.."
 
 scripts/install-deps.sh
 cargo fmt --all -- --check
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked -- -D warnings
 shellcheck -x -S warning scripts/*.sh scripts/vm/*.sh .ci/run
 scripts/vm/build-guest.sh
-cargo test --locked --all-targets
+cargo test --locked --workspace --all-targets
 # Deployment files: systemd units (verify, exposure), NixOS module (eval).
 scripts/check-deploy.sh
 # The benchmark harness must keep working: a tiny run of it.

@@ -15,7 +15,28 @@ use std::time::{Duration, Instant};
 #[allow(unused_imports)]
 pub use tree::{compare_entry, compare_trees, sample_tree, BIG_FILE_SIZE, CHUNK_SIZE, MANY};
 
-pub const FIXTURE_BIN: &str = env!("CARGO_BIN_EXE_tvix-fixture-store");
+/// The fixture store's binary: a crate of its own in this workspace, so
+/// `cargo test --workspace` builds it (cargo cannot build it from inside a
+/// test: the running `cargo test` holds the build directory's lock).
+pub fn fixture_bin() -> &'static Path {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        // The test executable lives in target/<profile>/deps/.
+        let exe = std::env::current_exe().expect("the test executable's path");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>");
+        let bin = profile_dir.join("tvix-fixture-store");
+        assert!(
+            bin.exists(),
+            "no fixture store at {}: run the tests with `cargo test --workspace` \
+             (or `cargo build -p tvix-fixture-store` first)",
+            bin.display()
+        );
+        bin
+    })
+}
 pub const DAEMON_BIN: &str = env!("CARGO_BIN_EXE_tvix-virtiofsd");
 
 /// A scratch directory under cargo's target dir, fresh for each call.
@@ -91,7 +112,7 @@ impl Fixture {
             .append(true)
             .open(self.dir.join("fixture.log"))
             .unwrap();
-        let mut child = Command::new(FIXTURE_BIN)
+        let mut child = Command::new(fixture_bin())
             .args(&self.args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())

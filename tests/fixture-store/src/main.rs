@@ -11,6 +11,8 @@
 //! listener once it accepts connections.
 
 mod import;
+mod nar;
+mod proto;
 mod protocol;
 mod service;
 mod stats;
@@ -20,6 +22,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::proto::castore::blob_service_server::BlobServiceServer;
+use crate::proto::castore::directory_service_server::DirectoryServiceServer;
+use crate::proto::store::path_info_service_server::PathInfoServiceServer;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use tokio::net::{TcpListener, UnixListener};
@@ -29,9 +34,6 @@ use tokio_stream::StreamExt;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
-use tvix_virtiofsd::proto::castore::blob_service_server::BlobServiceServer;
-use tvix_virtiofsd::proto::castore::directory_service_server::DirectoryServiceServer;
-use tvix_virtiofsd::proto::store::path_info_service_server::PathInfoServiceServer;
 
 use crate::import::{node_name, Digest};
 use crate::protocol::{Protocol, ProtocolLayer};

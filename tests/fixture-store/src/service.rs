@@ -10,6 +10,16 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::proto::castore::blob_service_server::BlobService;
+use crate::proto::castore::directory_service_server::DirectoryService;
+use crate::proto::castore::{
+    get_directory_request, BlobChunk, Directory, GetDirectoryRequest, Node, PutBlobResponse,
+    PutDirectoryResponse, ReadBlobRequest, StatBlobRequest, StatBlobResponse, SymlinkNode,
+};
+use crate::proto::store::path_info_service_server::PathInfoService;
+use crate::proto::store::{
+    get_path_info_request, CalculateNarResponse, GetPathInfoRequest, ListPathInfoRequest, PathInfo,
+};
 use bytes::{Bytes, BytesMut};
 use parking_lot::RwLock;
 use tokio::sync::mpsc;
@@ -17,16 +27,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
-use tvix_virtiofsd::proto::castore::blob_service_server::BlobService;
-use tvix_virtiofsd::proto::castore::directory_service_server::DirectoryService;
-use tvix_virtiofsd::proto::castore::{
-    get_directory_request, BlobChunk, Directory, GetDirectoryRequest, Node, PutBlobResponse,
-    PutDirectoryResponse, ReadBlobRequest, StatBlobRequest, StatBlobResponse, SymlinkNode,
-};
-use tvix_virtiofsd::proto::store::path_info_service_server::PathInfoService;
-use tvix_virtiofsd::proto::store::{
-    get_path_info_request, CalculateNarResponse, GetPathInfoRequest, ListPathInfoRequest, PathInfo,
-};
 use tvix_virtiofsd::store::nixbase32;
 
 use crate::import::{
@@ -479,8 +479,8 @@ impl PathInfoService for PathInfos {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::castore::{DirectoryNode, FileNode};
     use prost::Message;
-    use tvix_virtiofsd::proto::castore::{DirectoryNode, FileNode};
 
     #[test]
     fn corrupted_directories_hash_differently() {
