@@ -83,6 +83,7 @@ fn second_daemon_on_a_shared_cache_asks_the_store_nothing(kind: StoreKind, test:
     let compared = read_everything(&first, &store);
     assert!(compared > MANY + 20, "compared only {compared} entries");
     let first_counters = counters_at_exit(&mut first, &first_stats);
+    eprintln!("{kind:?}, first daemon: {first_counters:?}");
     assert!(
         first_counters["store_requests"] > MANY as u64 / 100,
         "the first daemon fetched almost nothing? {first_counters:?}"
@@ -108,6 +109,7 @@ fn second_daemon_on_a_shared_cache_asks_the_store_nothing(kind: StoreKind, test:
     let mut second = mount_with(&store, &args(&store, &cache, Some(&second_stats), &[]));
     assert_eq!(read_everything(&second, &store), compared);
     let counters = counters_at_exit(&mut second, &second_stats);
+    eprintln!("{kind:?}, second daemon: {counters:?}");
     assert_eq!(
         counters["store_requests"],
         0,
