@@ -91,7 +91,7 @@ pub enum ValidationError {
         name: Bytes,
         source: InvalidDigestLength,
     },
-    #[error("symlink {0:?} has an empty target or one containing NUL")]
+    #[error("symlink {0:?} has an empty target, one containing NUL, or one over 4095 bytes")]
     InvalidSymlinkTarget(Bytes),
     #[error("directory size overflows")]
     SizeOverflow,
@@ -115,8 +115,13 @@ fn digest_of(name: &Bytes, digest: &[u8]) -> Result<B3Digest, ValidationError> {
     })
 }
 
+/// Longest symlink target accepted: what a Linux path can hold (PATH_MAX
+/// with its NUL). Real stores refuse longer ones at import, and no guest
+/// could resolve one.
+pub const MAX_SYMLINK_TARGET: usize = 4095;
+
 fn symlink_target(name: &Bytes, target: &Bytes) -> Result<Bytes, ValidationError> {
-    if target.is_empty() || target.contains(&0) {
+    if target.is_empty() || target.contains(&0) || target.len() > MAX_SYMLINK_TARGET {
         return Err(ValidationError::InvalidSymlinkTarget(name.clone()));
     }
     Ok(target.clone())
@@ -449,7 +454,8 @@ mod tests {
 
     #[test]
     fn rejects_bad_symlink_targets() {
-        for bad in ["", "a\0b"] {
+        let too_long = "x".repeat(MAX_SYMLINK_TARGET + 1);
+        for bad in ["", "a\0b", too_long.as_str()] {
             let d = castore::Directory {
                 symlinks: vec![symlink("l", bad)],
                 ..Default::default()
@@ -459,6 +465,15 @@ mod tests {
                 Err(ValidationError::InvalidSymlinkTarget(..))
             ));
         }
+    }
+
+    #[test]
+    fn accepts_the_longest_symlink_target_a_path_can_hold() {
+        let d = castore::Directory {
+            symlinks: vec![symlink("l", &"x".repeat(MAX_SYMLINK_TARGET))],
+            ..Default::default()
+        };
+        assert!(check(d).is_ok());
     }
 
     #[test]
