@@ -15,27 +15,68 @@ use std::time::{Duration, Instant};
 #[allow(unused_imports)]
 pub use tree::{compare_entry, compare_trees, sample_tree, BIG_FILE_SIZE, CHUNK_SIZE, MANY};
 
-/// The fixture store's binary: a crate of its own in this workspace, so
-/// `cargo test --workspace` builds it (cargo cannot build it from inside a
-/// test: the running `cargo test` holds the build directory's lock).
+/// The fixture store's binary, `tvix-fixture-store`: a crate of its own in
+/// this workspace (so no `CARGO_BIN_EXE_` for it here), built next to this
+/// test executable by `cargo test --workspace`. If it is not there (say,
+/// `cargo test -p tvix-virtiofsd`), it is built once, with the same profile.
+/// An existing binary is used as it is: after changing the fixture, test
+/// with `--workspace` (or build it) so it is rebuilt.
 pub fn fixture_bin() -> &'static Path {
     static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BIN.get_or_init(|| {
-        // The test executable lives in target/<profile>/deps/.
+        // The test executable lives in target/<profile dir>/deps/.
         let exe = std::env::current_exe().expect("the test executable's path");
         let profile_dir = exe
             .parent()
             .and_then(Path::parent)
-            .expect("target/<profile>");
+            .expect("the test executable is not in target/<profile>/deps/");
         let bin = profile_dir.join("tvix-fixture-store");
-        assert!(
-            bin.exists(),
-            "no fixture store at {}: run the tests with `cargo test --workspace` \
-             (or `cargo build -p tvix-fixture-store` first)",
-            bin.display()
-        );
+        if !bin.exists() {
+            build_fixture(profile_dir, &bin);
+        }
         bin
     })
+}
+
+/// `cargo build -p tvix-fixture-store` into `profile_dir`, or a panic that
+/// says how to build it by hand.
+fn build_fixture(profile_dir: &Path, bin: &Path) {
+    let profile_args: Vec<String> = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => vec![],
+        Some("release") => vec!["--release".into()],
+        Some(other) => vec!["--profile".into(), other.into()],
+        None => vec![],
+    };
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args([
+        "build",
+        "--locked",
+        "-p",
+        "tvix-fixture-store",
+        "--manifest-path",
+    ])
+    .arg(&manifest)
+    .args(&profile_args);
+    eprintln!("{} is missing, building it: {cmd:?}", bin.display());
+    let status = cmd.status();
+    match status {
+        Ok(s) if s.success() && bin.exists() => {}
+        Ok(s) => panic!(
+            "building the fixture store failed ({s}; expected {}): \
+             run `cargo build --locked -p tvix-fixture-store{}` or test with \
+             `cargo test --workspace`",
+            bin.display(),
+            profile_args
+                .iter()
+                .map(|a| format!(" {a}"))
+                .collect::<String>(),
+        ),
+        Err(e) => panic!(
+            "cannot run {} to build the fixture store: {e}",
+            env!("CARGO")
+        ),
+    }
 }
 pub const DAEMON_BIN: &str = env!("CARGO_BIN_EXE_tvix-virtiofsd");
 
