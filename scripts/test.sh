@@ -10,6 +10,9 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 shellcheck -x -S warning scripts/*.sh scripts/vm/*.sh .ci/run
 scripts/vm/build-guest.sh
+# The fixture store's binary: `cargo test` builds only its unit tests, and
+# the integration tests spawn it.
+cargo build --locked --workspace --bins
 cargo test --locked --workspace --all-targets
 # Deployment files: systemd units (verify, exposure), NixOS module (eval).
 scripts/check-deploy.sh
