@@ -7,91 +7,16 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use common::real_store::{RealStore, StoreKind};
+use common::manifest::{assert_same_manifest, expected_manifest};
+use common::real_store::StoreKind;
 use common::*;
 
 /// Seconds one guest run may take (boot, the whole manifest, power off).
 const GUEST_TIMEOUT_SECS: u32 = 600;
 
 static ONE_GUEST: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// Runs scripts/vm/tree-manifest.sh on the host over `root` and turns it
-/// into what the guest must see: modes become the store's (r-x dirs, r-- or
-/// r-x files) and top-level names become the store path names `store`
-/// gave them.
-fn expected_manifest(root: &Path, store: &RealStore) -> BTreeMap<String, String> {
-    let output = Command::new("sh")
-        .arg(repo_root().join("scripts/vm/tree-manifest.sh"))
-        .arg(root)
-        .output()
-        .unwrap();
-    assert!(output.status.success());
-    let mut out = BTreeMap::new();
-    for line in String::from_utf8(output.stdout).unwrap().lines() {
-        let f: Vec<&str> = line.splitn(5, ' ').collect();
-        let (kind, mode, size, content, path) = (f[0], f[1], f[2], f[3], f[4]);
-        let mode = match kind {
-            "d" => "0555",
-            "l" => "0777",
-            _ if u32::from_str_radix(mode, 8).unwrap() & 0o111 != 0 => "0555",
-            _ => "0444",
-        };
-        let (top, rest) = path.split_once('/').unwrap_or((path, ""));
-        let store_path = store.store_path_of(&root.join(top));
-        let path = if rest.is_empty() {
-            store_path
-        } else {
-            format!("{store_path}/{rest}")
-        };
-        out.insert(
-            path.clone(),
-            format!("{kind} {mode} {size} {content} {path}"),
-        );
-    }
-    out
-}
-
-fn parse_manifest(text: &str) -> BTreeMap<String, String> {
-    text.lines()
-        .filter(|l| l.len() > 10)
-        .map(|l| (l.splitn(5, ' ').nth(4).unwrap().to_string(), l.to_string()))
-        .collect()
-}
-
-/// Asserts that the manifest the guest printed equals `expected`.
-fn assert_same_manifest(expected: &BTreeMap<String, String>, guest_stdout: &str) {
-    let seen = parse_manifest(guest_stdout);
-    let missing: Vec<_> = expected
-        .keys()
-        .filter(|k| !seen.contains_key(*k))
-        .take(5)
-        .collect();
-    let extra: Vec<_> = seen
-        .keys()
-        .filter(|k| !expected.contains_key(*k))
-        .take(5)
-        .collect();
-    assert!(
-        missing.is_empty() && extra.is_empty(),
-        "missing {missing:?}, extra {extra:?}"
-    );
-    let differing: Vec<_> = expected
-        .iter()
-        .filter(|(k, v)| seen.get(*k) != Some(v))
-        .map(|(k, v)| format!("expected {v}\n     got {}", seen[k]))
-        .take(5)
-        .collect();
-    assert!(
-        differing.is_empty(),
-        "entries differ:\n{}",
-        differing.join("\n")
-    );
-}
 
 /// The guest lists the root with the store's real List (`--list-root`)
 /// and prints every entry's type, mode, size and checksum.
@@ -120,7 +45,7 @@ fn guest_sees_the_tree_with_identical_checksums(kind: StoreKind, test: &str) {
     );
     eprintln!("{}", run.stderr.lines().last().unwrap_or_default());
 
-    let expected = expected_manifest(&tree, &store);
+    let expected = expected_manifest(&tree, Some(&|top| store.store_path_of(&tree.join(top))));
     assert!(
         expected.len() > MANY,
         "expected manifest too small: {}",

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod manifest;
 pub mod real_store;
 pub mod tree;
 
