@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-use super::repo_root;
+use super::{repo_root, MANY};
 
 /// Runs scripts/vm/tree-manifest.sh on the host over `root` and turns it
 /// into what the guest must see: modes become the store's (r-x dirs, r-- or
@@ -87,4 +87,15 @@ pub fn parse_manifest(text: &str) -> BTreeMap<String, String> {
         .filter(|l| l.len() > 10)
         .map(|l| (l.splitn(5, ' ').nth(4).unwrap().to_string(), l.to_string()))
         .collect()
+}
+
+/// The guest printed the manifest of the whole sample tree (so `expected`
+/// must hold its big directory), entry for entry.
+pub fn assert_guest_saw_the_whole_tree(expected: &BTreeMap<String, String>, guest_stdout: &str) {
+    assert!(
+        expected.len() > MANY,
+        "expected manifest too small: {}",
+        expected.len()
+    );
+    assert_same_manifest(expected, guest_stdout);
 }

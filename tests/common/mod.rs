@@ -487,6 +487,14 @@ impl VhostUserDaemon {
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }
+
+    /// The VMM disconnected: without `--persistent` the daemon exits 0.
+    pub fn assert_exits_cleanly_after_the_guest_left(&mut self) {
+        let status = self
+            .wait_exit(Duration::from_secs(20))
+            .expect("daemon still running after the guest left");
+        assert!(status.success(), "daemon exited with {status}");
+    }
 }
 
 impl Drop for VhostUserDaemon {
