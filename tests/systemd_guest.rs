@@ -29,6 +29,7 @@ const CHECKS: &[&str] = &[
     "seccomp_filter",
     "security_score",
     "journal_lines",
+    "package_reinstall_keeps_instance",
     "kill9_restarted",
     "stop_clean",
     "socket_activation_starts",

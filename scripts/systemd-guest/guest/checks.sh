@@ -161,6 +161,19 @@ journal_lines() {
   echo "$(wc -l <<<"$log") lines"
 }
 
+# Installing the package again (as an upgrade does) keeps the user and
+# does not restart a running instance (that would cut its VM off).
+package_reinstall_keeps_instance() {
+  local pid uid
+  pid=$(prop "$SERVICE" MainPID)
+  uid=$(id -u "$USER_NAME")
+  (cd "$SRC" && timeout 180 apt-get install -y --reinstall ./target/debian/tvix-virtiofsd_*_amd64.deb) || return 1
+  [ "$(prop "$SERVICE" MainPID)" = "$pid" ] || fail_with "main PID $pid -> $(prop "$SERVICE" MainPID)"
+  is_state "$SERVICE" active || fail_with "$SERVICE $(prop "$SERVICE" ActiveState)"
+  [ "$(id -u "$USER_NAME")" = "$uid" ] || fail_with "uid $uid -> $(id -u "$USER_NAME")"
+  echo "pid $pid and uid $uid kept"
+}
+
 kill9_restarted() {
   local old restarts
   old=$(prop "$SERVICE" MainPID)
@@ -247,6 +260,7 @@ check no_new_privs proc_status_all NoNewPrivs 1
 check seccomp_filter proc_status_all Seccomp 2
 check security_score security_score
 check journal_lines journal_lines
+check package_reinstall_keeps_instance package_reinstall_keeps_instance
 check kill9_restarted kill9_restarted
 check stop_clean stop_clean
 CLIENT=
