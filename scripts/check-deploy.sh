@@ -5,7 +5,8 @@
 #      built binary in a temporary copy) must print nothing and succeed;
 #   2. systemd-analyze security --offline=yes: overall exposure <= 1.5 for
 #      both service templates, whose hardening blocks must be identical;
-#   3. systemd-sysusers creates the static user in a scratch root;
+#   3. systemd-sysusers creates the static user in a scratch root, from the
+#      directory the package installs it in, which Debian must ship;
 #   4. every --flag the units and the module pass exists in the binary;
 #   5. nix-instantiate parses nixos-module.nix and evaluates
 #      tests/nixos/eval-module.nix (the module against a lib stub, with
@@ -37,7 +38,7 @@ trap 'rm -rf "$tmp"' EXIT
 # 1. verify, on copies whose ExecStart is the built binary.
 mkdir "$tmp/units"
 for u in "${units[@]}"; do
-  sed "s|/usr/local/bin/tvix-virtiofsd|$bin|" "systemd/$u" >"$tmp/units/$u"
+  sed "s|/usr/bin/tvix-virtiofsd|$bin|" "systemd/$u" >"$tmp/units/$u"
 done
 grep -q "$bin" "$tmp/units/tvix-virtiofsd@.service" || fail "ExecStart path not substituted"
 out=$(cd "$tmp" && systemd-analyze verify --man=no "${units[@]/#/$tmp/units/}" 2>&1) ||
@@ -61,9 +62,15 @@ block() { sed -n '/^# --- hardening/,/^# --- end of hardening/p' "systemd/$1"; }
 diff <(block "${services[0]}") <(block "${services[1]}") >&2 ||
   fail "hardening blocks of ${services[*]} differ"
 
-# 3. sysusers.d file.
-mkdir -p "$tmp/root/etc" "$tmp/root/usr/lib/sysusers.d"
-cp systemd/tvix-virtiofsd.conf "$tmp/root/usr/lib/sysusers.d/"
+# 3. sysusers.d file, where the package puts it. That directory must be one
+# Debian itself ships (a scratch root has every directory one makes, so
+# only the real system can tell that, e.g., /etc/sysusers.d is missing).
+sysusers_dir=$(sed -n 's|^ *\["systemd/tvix-virtiofsd.conf", "\([^"]*\)/\?".*|\1|p' Cargo.toml)
+sysusers_dir=/${sysusers_dir%/}
+[ "$sysusers_dir" = /usr/lib/sysusers.d ] || fail "Cargo.toml installs the sysusers file in '$sysusers_dir'"
+dpkg -S "$sysusers_dir" >/dev/null 2>&1 || fail "$sysusers_dir is not shipped by any installed package"
+mkdir -p "$tmp/root/etc" "$tmp/root$sysusers_dir"
+cp systemd/tvix-virtiofsd.conf "$tmp/root$sysusers_dir/"
 out=$(systemd-sysusers --root="$tmp/root" 2>&1) || fail "systemd-sysusers: $out"
 grep -q '^tvix-virtiofsd:' "$tmp/root/etc/passwd" || fail "sysusers did not create the user"
 grep -q '^tvix-virtiofsd:' "$tmp/root/etc/group" || fail "sysusers did not create the group"

@@ -9,11 +9,15 @@
 #   fuse3                    /dev/fuse tooling for --mount
 #   gcc pkg-config           C parts of crates (blake3's assembly)
 #   the shellcheck linter    checks the scripts (scripts/test.sh)
+#   debootstrap e2fsprogs    the systemd test guest's Debian 12 root disk
+#   initramfs-tools          and its initramfs (scripts/systemd-guest/)
 #
-# Rust itself (cargo, rustc, rustfmt, clippy) is expected from rustup.
+# Rust itself (cargo, rustc, rustfmt, clippy) is expected from rustup;
+# cargo-deb (the Debian package) is installed, pinned, by scripts/build-deb.sh.
 set -euo pipefail
 
-packages=(qemu-system-x86 busybox-static cpio linux-image-cloud-amd64 fuse3 gcc pkg-config shellcheck)
+packages=(qemu-system-x86 busybox-static cpio linux-image-cloud-amd64 fuse3 gcc pkg-config shellcheck
+  debootstrap e2fsprogs initramfs-tools)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
