@@ -6,6 +6,7 @@
 //! store down, everything cached keeps being served.
 
 pub mod disk;
+mod layout;
 mod outboard;
 mod readahead;
 pub mod stats;
@@ -29,6 +30,7 @@ use crate::proto::castore;
 use crate::store::directory::{validate_directory, validate_node};
 use crate::store::{B3Digest, Chunk, DirEntry, Directory, StoreClient, StoreError};
 use disk::{DiskCache, DiskCacheError, Kind};
+pub use layout::{CacheLayout, InstanceName};
 use readahead::DiskReadahead;
 pub use stats::{Stats, StatsReporter};
 
@@ -39,6 +41,8 @@ pub struct CacheConfig {
     pub memory_bytes: u64,
     /// Directory of the persistent disk cache; `None`: memory only.
     pub disk_dir: Option<PathBuf>,
+    /// This daemon's name: where its private mappings live on disk.
+    pub instance: Option<InstanceName>,
     /// Bound of the disk cache directory as a whole.
     pub disk_bytes: u64,
     /// How long "no such store path" is remembered.
@@ -54,6 +58,7 @@ impl Default for CacheConfig {
         Self {
             memory_bytes: 128 << 20,
             disk_dir: None,
+            instance: None,
             disk_bytes: 10 << 30,
             negative_ttl: Duration::from_secs(1),
             readahead_chunks: 32,
