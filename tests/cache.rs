@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -174,23 +173,6 @@ fn disk_cache_stays_within_its_bound() {
 }
 
 /// Reads a whole file with O_DIRECT (past the kernel page cache), 1 MiB at a time.
-fn read_direct(path: &Path) -> Vec<u8> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
-        .unwrap();
-    let len = file.metadata().unwrap().len();
-    let mut out = Vec::with_capacity(len as usize);
-    let mut offset = 0;
-    while offset < len {
-        let piece = read_at(&file, offset, 1 << 20).unwrap();
-        assert!(!piece.is_empty());
-        offset += piece.len() as u64;
-        out.extend_from_slice(&piece);
-    }
-    out
-}
 
 #[test]
 fn a_flipped_byte_on_disk_is_detected_and_never_served() {

@@ -108,6 +108,9 @@ impl Eviction {
 
     fn scan_and_evict(&self) -> Outcome {
         let Some(_lock) = self.lock() else {
+            // Tried again once another slack's worth has been written, not
+            // on every write.
+            self.written_since_scan.store(0, Ordering::Relaxed);
             self.stats.disk_lock_busy.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(wait = ?LOCK_WAIT, "the disk cache lock is held by another process; eviction skipped, tried again after the next writes");
             return Outcome::LockBusy;

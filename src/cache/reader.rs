@@ -187,7 +187,8 @@ impl CachedStore {
         let outboard = builder.finish();
         let leaves = outboard::verified_leaves(digest, size, &outboard)
             .ok_or_else(|| changed_under_us(digest, 0))?;
-        let file = temp.reopen().map_err(sink_error)?;
+        // The same open file (read-write, so pread works): no second open.
+        let file = temp.as_file().try_clone().map_err(sink_error)?;
         match self.objects.clone() {
             Some(objects) => {
                 let digest = *digest;
