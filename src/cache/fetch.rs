@@ -288,3 +288,27 @@ impl CachedStore {
         result
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::B3Digest;
+
+    #[test]
+    fn bytes_of_another_size_are_refused_not_sliced() {
+        let data = Bytes::from_static(b"0123456789");
+        let digest = B3Digest::of(&data);
+        let chunk = |size| Chunk {
+            digest,
+            offset: 0,
+            size,
+        };
+        assert_eq!(of_its_size(&chunk(10), data.clone()).unwrap(), data);
+        for size in [9, 11, 1 << 40] {
+            let err = of_its_size(&chunk(size), data.clone()).unwrap_err();
+            assert!(
+                matches!(*err, StoreError::BlobSizeMismatch { expected, actual: 10, .. } if expected == size)
+            );
+        }
+    }
+}
