@@ -5,6 +5,10 @@
 #      built binary in a temporary copy) must print nothing and succeed;
 #   2. systemd-analyze security --offline=yes: overall exposure <= 1.5 for
 #      both service templates, whose hardening blocks must be identical;
+#   2b. each service's mount view: the cache and runtime directories are
+#      empty tmpfs with only the shared objects and the instance's own
+#      directories bound in, and the daemon is told its instance (the
+#      namespace itself is exercised by tests/tenants_mount_view.rs);
 #   3. systemd-sysusers creates the static user in a scratch root, from the
 #      directory the package installs it in, which Debian must ship;
 #   4. every --flag the units and the module pass exists in the binary;
@@ -61,6 +65,22 @@ block() { sed -n '/^# --- hardening/,/^# --- end of hardening/p' "systemd/$1"; }
 [ "$(block "${services[0]}" | wc -l)" -gt 30 ] || fail "no hardening block in ${services[0]}"
 diff <(block "${services[0]}") <(block "${services[1]}") >&2 ||
   fail "hardening blocks of ${services[*]} differ"
+
+# 2b. mount view and instance, per service.
+for s in "${services[@]}"; do
+  u=systemd/$s
+  grep -qx 'TemporaryFileSystem=/var/cache/tvix-virtiofsd:ro /run/tvix-virtiofsd:ro' "$u" ||
+    fail "$s: no TemporaryFileSystem= over the cache and runtime directories"
+  grep -qx 'BindPaths=/var/cache/tvix-virtiofsd/v2/objects /var/cache/tvix-virtiofsd/v2/instances/%i' "$u" ||
+    fail "$s: BindPaths= must bring in exactly the shared objects and the instance's mappings"
+  grep -q -- '--instance %i' "$u" || fail "$s: ExecStart lacks --instance %i"
+  if grep -E '^BindPaths=.*/run/tvix-virtiofsd' "$u" | grep -qv '/run/tvix-virtiofsd/%i$'; then
+    fail "$s: binds a runtime directory other than the instance's own"
+  fi
+done
+grep -qx 'ListenStream=/run/tvix-virtiofsd/%i/vhost-user.sock' systemd/tvix-virtiofsd@.socket ||
+  fail "the socket unit must listen in the instance's own directory"
+echo "mount view: ${services[*]} see only the shared objects and their own instance"
 
 # 3. sysusers.d file, where the package puts it. That directory must be one
 # Debian itself ships (a scratch root has every directory one makes, so

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{ArgGroup, Parser};
 
-use crate::cache::CacheConfig;
+use crate::cache::{CacheConfig, CacheLayout, InstanceName};
 use crate::fs::{CachePolicy, FsConfig};
 use crate::sandbox::{LandlockMode, LandlockPolicy, SandboxConfig, SeccompMode};
 use crate::store::{StoreAddress, StoreConfig, StoreProtocol, TlsSettings};
@@ -128,6 +128,14 @@ pub struct Cli {
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
 
+    /// This daemon's name among those sharing --cache-dir (systemd units
+    /// pass %i): its store path and chunk-list mappings are kept in
+    /// DIR/v2/instances/NAME, which no other instance reads or writes.
+    /// Without it, mappings stay in memory and only the shared objects
+    /// (DIR/v2/objects) are kept on disk.
+    #[arg(long, value_name = "NAME")]
+    pub instance: Option<InstanceName>,
+
     /// Bound of the disk cache directory as a whole (suffixes K, M, G).
     #[arg(long, value_name = "SIZE", default_value = "10G", value_parser = parse_size)]
     pub disk_cache_size: u64,
@@ -223,6 +231,7 @@ impl Cli {
         Ok(CacheConfig {
             memory_bytes: self.memory_cache_size,
             disk_dir: self.cache_dir.clone(),
+            instance: self.instance.clone(),
             disk_bytes: self.disk_cache_size,
             negative_ttl: seconds(self.negative_timeout, "negative-timeout")?,
             readahead_chunks: self.readahead_chunks,
@@ -236,7 +245,10 @@ impl Cli {
             seccomp: self.seccomp,
             landlock: self.landlock,
             policy: LandlockPolicy::for_daemon(
-                self.cache_dir.as_deref(),
+                self.cache_dir
+                    .as_deref()
+                    .map(|dir| CacheLayout::new(dir, self.instance.as_ref()))
+                    .as_ref(),
                 self.spool_dir.as_deref(),
                 self.stats_file.as_deref(),
                 store,

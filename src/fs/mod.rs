@@ -20,10 +20,10 @@ use fuse_backend_rs::api::filesystem::{
 };
 use parking_lot::Mutex;
 
-use crate::cache::CachedStore;
+use crate::cache::{ContentSource, OpenBlob, ReadError};
 use crate::store::{store_path, B3Digest, DirEntry, Directory, Node, StoreError};
+use blob::BlobReader;
 pub use blob::MAX_IN_MEMORY_BLOB;
-use blob::{BlobReader, OpenBlob, ReadError};
 use inode::InodeTable;
 pub use inode::{InodeKind, ROOT_INODE};
 
@@ -107,7 +107,7 @@ impl DirListing {
 /// The filesystem served to the guest.
 pub struct StoreFs {
     config: FsConfig,
-    store: Arc<CachedStore>,
+    store: Arc<dyn ContentSource>,
     inodes: InodeTable,
     blobs: BlobReader,
     next_handle: AtomicU64,
@@ -137,9 +137,9 @@ fn store_failure(context: &str, e: &StoreError) -> io::Error {
 impl StoreFs {
     /// The filesystem's methods block on store calls, so they must be
     /// called from threads outside the store client's async runtime.
-    pub fn new(config: FsConfig, store: Arc<CachedStore>) -> Self {
+    pub fn new(config: FsConfig, store: Arc<dyn ContentSource>) -> Self {
         Self {
-            blobs: BlobReader::new(store.clone(), config.readahead_chunks),
+            blobs: BlobReader::new(store.clone()),
             config,
             store,
             inodes: InodeTable::default(),

@@ -541,3 +541,22 @@ pub fn run_guest(
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     }
 }
+
+/// Reads a whole file with O_DIRECT (past the guest page cache), 1 MiB at
+/// a time.
+pub fn read_direct(path: &Path) -> Vec<u8> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .unwrap();
+    let len = file.metadata().unwrap().len();
+    let mut out = Vec::with_capacity(len as usize);
+    while (out.len() as u64) < len {
+        let piece = read_at(&file, out.len() as u64, 1 << 20).unwrap();
+        assert!(!piece.is_empty());
+        out.extend_from_slice(&piece);
+    }
+    out
+}
