@@ -9,11 +9,13 @@
 #   fuse3                    /dev/fuse tooling for --mount
 #   gcc pkg-config           C parts of crates (blake3's assembly)
 #   the shellcheck linter    checks the scripts (scripts/test.sh)
+#   nix-bin                  nix-instantiate: evaluates the NixOS module, package
+#                            and flake (scripts/check-nix.sh)
 #
 # Rust itself (cargo, rustc, rustfmt, clippy) is expected from rustup.
 set -euo pipefail
 
-packages=(qemu-system-x86 busybox-static cpio linux-image-cloud-amd64 fuse3 gcc pkg-config shellcheck)
+packages=(qemu-system-x86 busybox-static cpio linux-image-cloud-amd64 fuse3 gcc pkg-config shellcheck nix-bin)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -14,7 +14,9 @@ scripts/vm/build-guest.sh
 # the integration tests spawn it.
 cargo build --locked --workspace --bins
 cargo test --locked --workspace --all-targets
-# Deployment files: systemd units (verify, exposure), NixOS module (eval).
+# Deployment files: systemd units (verify, exposure, flags) and, through
+# scripts/check-nix.sh, the NixOS module, package.nix and flake.nix evaluated
+# with the real nixpkgs library.
 scripts/check-deploy.sh
 # The benchmark harness must keep working: a tiny run of it.
 scripts/bench-guest-read.sh --smoke
