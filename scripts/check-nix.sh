@@ -44,3 +44,40 @@ evaluate() {
 evaluate "nixos-module.nix against $unit_dir/" tests/nixos/eval-module.nix --arg unitDir "$(realpath "$unit_dir")"
 evaluate package.nix tests/nixos/eval-package.nix -A passed
 evaluate flake.nix tests/nixos/eval-flake.nix
+
+# package.nix's postInstall, run by bash on this tree into a scratch $out,
+# with a stand-in for stdenv's substituteInPlace (literal replacements):
+# the units, the sysusers file and the docs land where NixOS and systemd
+# look, pointing at the package's binary and at coreutils.
+install_script=$(timeout 60 nix --extra-experimental-features nix-command "${nix[@]:1}" eval --raw \
+  --file tests/nixos/eval-package.nix --arg nixpkgsLib "$(realpath "$lib_dir")" postInstall)
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+(
+  substituteInPlace() {
+    local file=$1 content
+    shift
+    content=$(<"$file")
+    while [ $# -gt 0 ]; do
+      [ "$1" = --replace-quiet ] || { echo "substituteInPlace: unknown $1" >&2; return 1; }
+      content=${content//"$2"/"$3"}
+      shift 3
+    done
+    printf '%s\n' "$content" >"$file"
+  }
+  set -euo pipefail
+  eval "$install_script"
+) || { echo "check-nix: FAIL: package.nix postInstall failed" >&2; exit 1; }
+units=$out/lib/systemd/system
+for f in "$units/tvix-virtiofsd@.service" "$units/tvix-virtiofsd-activated@.service" \
+  "$units/tvix-virtiofsd@.socket" "$out/lib/sysusers.d/tvix-virtiofsd.conf" \
+  "$out/share/doc/tvix-virtiofsd/README.md" "$out/share/doc/tvix-virtiofsd/systemd.md"; do
+  [ -s "$f" ] || { echo "check-nix: FAIL: postInstall did not install $f" >&2; exit 1; }
+done
+grep -q "^ExecStart=$out/bin/tvix-virtiofsd " "$units/tvix-virtiofsd@.service" ||
+  { echo "check-nix: FAIL: installed unit's ExecStart is not the package's binary" >&2; exit 1; }
+if grep -nE '(^|[= ])/(usr/local/)?bin/' "$units"/*.service >&2; then
+  echo "check-nix: FAIL: installed units still name host paths (above)" >&2
+  exit 1
+fi
+echo "nix: package.nix postInstall: $(find "$out" -type f | wc -l) files, units point into the package"
