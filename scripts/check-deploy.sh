@@ -7,10 +7,10 @@
 #      both service templates, whose hardening blocks must be identical;
 #   3. systemd-sysusers creates the static user in a scratch root;
 #   4. every --flag the units and the module pass exists in the binary;
-#   5. scripts/check-nix.sh: the NixOS module evaluated with the real
-#      nixpkgs library, its services compared with the units' hardening and
-#      mount view blocks (tests/nixos/eval-module.nix), package.nix and
-#      flake.nix evaluated.
+#   5. nix-instantiate parses nixos-module.nix and evaluates
+#      it, package.nix and flake.nix with the real nixpkgs library
+#      (scripts/check-nix.sh; tests/nixos/eval-module.nix compares the
+#      module's services with the units' hardening and mount view blocks).
 # Debian 12, as root: installs systemd if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
