@@ -28,7 +28,6 @@ let
   inherit (lib)
     any
     attrNames
-    attrValues
     concatMap
     concatStringsSep
     elem

@@ -16,7 +16,6 @@ let
   inherit (lib)
     any
     attrNames
-    concatMap
     concatStringsSep
     filter
     hasInfix
