@@ -351,6 +351,14 @@ let
     (check "warning: vm2's socket is outside the private tree" on.warnings [
       "services.tvix-virtiofsd.instances.vm2: socketPath /var/lib/microvms/vm2/store.sock is outside /run/tvix-virtiofsd, so the other instances can see it."
     ])
+    (check "warning: no sandbox of the daemon's own" (eval { } (enabled {
+      instances.vm1 = {
+        seccomp = "none";
+        landlock = "off";
+      };
+    })).warnings [
+      "services.tvix-virtiofsd.instances.vm1: seccomp = \"none\" and landlock = \"off\" leave the daemon without its own sandbox."
+    ])
     (check "static user" on.users.users.tvix-virtiofsd {
       isSystemUser = true;
       group = "tvix-virtiofsd";
