@@ -163,6 +163,18 @@ let
     instances.vm1.metricsListen = "[::1]:9851";
   })).systemd.services."tvix-virtiofsd-vm1".serviceConfig;
   off = eval { } { instances.vm1 = { }; };
+  # A host's own additions to an instance's service, as NixOS merges them.
+  extended =
+    (eval {
+      extraModules = [
+        {
+          systemd.services."tvix-virtiofsd-vm1".serviceConfig = {
+            BindPaths = [ "/srv/extra" ];
+            MemoryMax = lib.mkForce "2G";
+          };
+        }
+      ];
+    } (enabled { instances.vm1 = { }; })).systemd.services."tvix-virtiofsd-vm1".serviceConfig;
 
   checks = [
     (check "template unit has a hardening block" (length (attrNames hardeningBlock) >= 30) true)
@@ -403,6 +415,15 @@ let
       memoryOnly.BindPaths
     ] [ false [ "/run/tvix-virtiofsd:ro" ] [ "/run/tvix-virtiofsd/vm1" ] ])
     (check "disabled: no services" off.systemd.services { })
+    (check "a host's additions merge: lists extend, mkForce overrides" [ extended.BindPaths extended.MemoryMax ] [
+      [
+        "/var/cache/tvix-virtiofsd/v2/objects"
+        "/var/cache/tvix-virtiofsd/v2/instances/vm1"
+        "/run/tvix-virtiofsd/vm1"
+        "/srv/extra"
+      ]
+      "2G"
+    ])
 
     # Landlock: require where the configured kernel enforces it.
     (check "landlock default on Linux 6.12" (landlockFlag "require" (landlockOf "6.12.10" [ ] { })) true)

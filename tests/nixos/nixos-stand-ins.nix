@@ -16,17 +16,21 @@ let
     type = types.listOf types.str;
     default = [ ];
   };
-  # nixos/lib/systemd-unit-options.nix: a unit setting is a bool, an int, a
-  # string or a list of them (each element one line).
-  unitOption = types.oneOf [
-    types.bool
-    types.int
-    types.str
-    (types.listOf (types.oneOf [
-      types.int
-      types.str
-    ]))
-  ];
+  # As nixos/lib/systemd-unit-options.nix's unitOption: any value; list
+  # definitions (repeatable settings) are concatenated, other definitions
+  # must agree.
+  unitOption = lib.mkOptionType {
+    name = "systemd option";
+    merge =
+      loc: defs:
+      let
+        kept = lib.filterOverrides defs;
+      in
+      if lib.any (def: builtins.isList def.value) kept then
+        lib.concatMap (def: lib.toList def.value) kept
+      else
+        lib.mergeEqualOption loc kept;
+  };
 in
 {
   options = {
