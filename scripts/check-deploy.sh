@@ -10,7 +10,8 @@
 #   5. nix-instantiate parses nixos-module.nix and evaluates
 #      it, package.nix and flake.nix with the real nixpkgs library
 #      (scripts/check-nix.sh; tests/nixos/eval-module.nix compares the
-#      module's services with the units' hardening and mount view blocks).
+#      module's services with the units' hardening and mount view blocks,
+#      and the services written out pass verify and exposure <= 1.5 too).
 # Debian 12, as root: installs systemd if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."

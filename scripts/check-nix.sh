@@ -4,7 +4,10 @@
 # or $NIXPKGS_LIB) and Debian's nix-instantiate, without a Nix store, a
 # daemon or the network: tests/nixos/eval-{module,package,flake}.nix throw
 # on any failed check. Nothing is built. UNIT_DIR=<dir> compares the module
-# with the units in <dir> instead of systemd/.
+# with the units in <dir> instead of systemd/. With systemd-analyze and the
+# built daemon (as scripts/check-deploy.sh provides them), the module's
+# services, written out as NixOS writes them, must pass systemd-analyze
+# verify and an exposure of at most 1.5, as the units do.
 # Under CI=1 a missing library or nix-instantiate fails; otherwise it skips.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -81,3 +84,34 @@ if grep -nE '(^|[= ])/(usr/local/)?bin/' "$units"/*.service >&2; then
   exit 1
 fi
 echo "nix: package.nix postInstall: $(find "$out" -type f | wc -l) files, units point into the package"
+
+# The module's services as unit files: systemd must accept every line, and
+# their exposure must be that of the units.
+bin=$PWD/target/debug/tvix-virtiofsd
+if ! command -v systemd-analyze >/dev/null || [ ! -x "$bin" ]; then
+  skip_or_fail "systemd-analyze or $bin missing: the module's services were not verified (scripts/check-deploy.sh provides both)"
+fi
+mkdir -p "$out/pkg/bin" "$out/generated"
+ln -s "$bin" "$out/pkg/bin/tvix-virtiofsd"
+timeout 60 nix --extra-experimental-features nix-command "${nix[@]:1}" eval --raw \
+  --file tests/nixos/render-units.nix --arg nixpkgsLib "$(realpath "$lib_dir")" text |
+  sed -e "s|/nix/store/11111111111111111111111111111111-tvix-virtiofsd-0.1.0|$out/pkg|g" \
+    -e "s|/nix/store/00000000000000000000000000000000-coreutils|/usr|g" |
+  awk -v dir="$out/generated" '/^### / { file = dir "/" $2; next } { print > file }'
+generated=("$out"/generated/*.service)
+[ ${#generated[@]} -ge 2 ] || { echo "check-nix: FAIL: no services rendered" >&2; exit 1; }
+report=$(cd "$out" && systemd-analyze verify --man=no "${generated[@]}" 2>&1) &&
+  [ -z "$report" ] || { echo "check-nix: FAIL: systemd-analyze verify of the module's services: $report" >&2; exit 1; }
+for unit in "${generated[@]}"; do
+  report=$(systemd-analyze security --offline=yes --no-pager "$unit" 2>&1) || {
+    echo "check-nix: FAIL: systemd-analyze security $unit: $report" >&2
+    exit 1
+  }
+  score=$(sed -n 's/.*Overall exposure level for .*: \([0-9][0-9.]*\) .*/\1/p' <<<"$report")
+  awk -v s="$score" 'BEGIN { exit !(s != "" && s <= 1.5) }' || {
+    echo "check-nix: FAIL: $(basename "$unit"): exposure ${score:-unknown} > 1.5:" >&2
+    grep '✗' <<<"$report" >&2
+    exit 1
+  }
+  echo "nix: module's $(basename "$unit"): verified, exposure $score"
+done

@@ -24,29 +24,13 @@ let
   t = import ./check.nix { inherit lib; };
   inherit (t) check;
 
-  package = {
-    type = "derivation";
-    name = "tvix-virtiofsd-0.1.0";
-    outPath = "/nix/store/11111111111111111111111111111111-tvix-virtiofsd-0.1.0";
-  };
+  inherit (import ./eval-config.nix { inherit lib; })
+    package
+    coreutils
+    eval
+    enabled
+    ;
   bin = "${package}/bin/tvix-virtiofsd";
-  coreutils = "/nix/store/00000000000000000000000000000000-coreutils";
-
-  eval =
-    {
-      kernelVersion ? "6.12.10",
-      extraModules ? [ ],
-    }:
-    settings:
-    (lib.evalModules {
-      modules = [
-        (import ./nixos-stand-ins.nix { inherit kernelVersion; })
-        ../../nixos-module.nix
-        { services.tvix-virtiofsd = settings; }
-      ]
-      ++ extraModules;
-    }).config;
-  enabled = settings: { enable = true; inherit package; } // settings;
   failedAssertions = config: map (a: a.message) (filter (a: !a.assertion) config.assertions);
 
   on = eval { } (enabled {
