@@ -107,13 +107,17 @@ let
   # name.
   inherited =
     option: extra:
+    let
+      top = options.services.tvix-virtiofsd.${option};
+    in
     mkOption (
       {
-        type = options.services.tvix-virtiofsd.${option}.type;
+        inherit (top) type;
         default = cfg.${option};
         defaultText = literalExpression "config.services.tvix-virtiofsd.${option}";
         description = "This instance's `${option}` (default: the top-level one).";
       }
+      // lib.optionalAttrs (top ? example) { inherit (top) example; }
       // extra
     );
 
@@ -128,6 +132,7 @@ let
         socketPath = mkOption {
           type = absolutePath;
           default = "${runtimeDir name}/vhost-user.sock";
+          example = "/var/lib/microvms/vm1/store.sock";
           defaultText = literalExpression ''"/run/tvix-virtiofsd/''${name}/vhost-user.sock"'';
           description = ''
             vhost-user socket the VMM connects to (cloud-hypervisor
@@ -149,11 +154,13 @@ let
         directoryServiceAddr = mkOption {
           type = types.nullOr storeAddress;
           default = null;
+          example = "grpc+unix:///run/tvix-store/directory.sock";
           description = "DirectoryService address, if not the one of `store` (`--directory-service-addr`).";
         };
         pathInfoServiceAddr = mkOption {
           type = types.nullOr storeAddress;
           default = null;
+          example = "grpc+unix:///run/tvix-store/pathinfo.sock";
           description = "PathInfoService address, if not the one of `store` (`--path-info-service-addr`).";
         };
         storeProtocol = inherited "storeProtocol" { };
@@ -172,11 +179,13 @@ let
         listRoot = mkOption {
           type = types.bool;
           default = false;
+          example = true;
           description = "List the root directory with PathInfoService.List (`--list-root`).";
         };
         numRequestQueues = mkOption {
           type = types.ints.between 1 64;
           default = 1;
+          example = 2;
           description = ''
             Request queues of the virtio-fs device (`--num-request-queues`);
             keep the VMM's `num_queues` the same.
@@ -185,16 +194,19 @@ let
         queueSize = mkOption {
           type = types.ints.between 2 32768;
           default = 1024;
+          example = 256;
           description = "Largest virtqueue size offered to the VMM (`--queue-size`).";
         };
         threadPoolSize = mkOption {
           type = types.ints.unsigned;
           default = 0;
+          example = 4;
           description = "Extra threads per queue (`--thread-pool-size`; 0: in order).";
         };
         persistent = mkOption {
           type = types.bool;
           default = true;
+          example = false;
           description = ''
             Keep serving after the VMM disconnects (`--persistent`), so VM
             restarts and reboots reconnect. Without it the daemon exits 0 and
@@ -255,6 +267,7 @@ let
         tasksMax = mkOption {
           type = types.ints.positive;
           default = 576 + 2 * (inst.numRequestQueues + 1) * (1 + inst.threadPoolSize);
+          example = 2048;
           defaultText = literalExpression "576 + 2 * (numRequestQueues + 1) * (1 + threadPoolSize)";
           description = ''
             `TasksMax=` of the service. The daemon's threads: the async
@@ -266,6 +279,7 @@ let
         limitNofile = mkOption {
           type = types.ints.positive;
           default = 4096 + 64 * requestThreads;
+          example = 16384;
           defaultText = literalExpression "4096 + 64 * numRequestQueues * (1 + threadPoolSize)";
           description = ''
             `LimitNOFILE=` of the service: store connections, the queues'
@@ -637,12 +651,14 @@ in
     user = mkOption {
       type = types.str;
       default = "tvix-virtiofsd";
+      example = "microvm-store";
       description = "Static system user every instance runs as (created by the module).";
     };
 
     group = mkOption {
       type = types.str;
       default = "tvix-virtiofsd";
+      example = "microvm-store";
       description = "The service user's primary group (created by the module); default socket group.";
     };
 
@@ -664,12 +680,14 @@ in
         "snix"
       ];
       default = "tvix";
+      example = "snix";
       description = "Package names the store speaks (`--store-protocol`): tvix-store or snix.";
     };
 
     storeTimeout = mkOption {
       type = types.ints.positive;
       default = 10;
+      example = 30;
       description = ''
         Seconds to wait for the store to connect, answer or send the next
         message of a stream before the guest gets EIO (`--store-timeout`).
@@ -730,6 +748,7 @@ in
         "always"
       ];
       default = "always";
+      example = "auto";
       description = ''
         What the guest may cache (`--cache`): `never` (direct I/O, no name
         or attribute caching), `auto` (page cache within an open, 1 s
@@ -751,12 +770,14 @@ in
     negativeTimeout = mkOption {
       type = types.ints.unsigned;
       default = 1;
+      example = 0;
       description = "Seconds the guest may remember that a store path does not exist (`--negative-timeout`).";
     };
 
     cacheDir = mkOption {
       type = types.nullOr absolutePath;
       default = "/var/cache/tvix-virtiofsd";
+      example = "/srv/tvix-virtiofsd";
       description = ''
         Disk cache shared by all instances (`--cache-dir`); null for memory
         only. Each instance sees only its `v2/objects` (shared,
@@ -770,6 +791,7 @@ in
     diskCacheSize = mkOption {
       type = size;
       default = "10G";
+      example = "50G";
       description = "Bound of the disk cache as a whole (`--disk-cache-size`), the same for every instance.";
     };
 
@@ -783,6 +805,7 @@ in
     readaheadChunks = mkOption {
       type = types.ints.unsigned;
       default = 32;
+      example = 64;
       description = "Chunks fetched ahead of a sequential reader (`--readahead-chunks`; 0: off).";
     };
 
@@ -795,6 +818,7 @@ in
         "trace"
       ];
       default = "info";
+      example = "debug";
       description = "Log level (`--log-level`); `debug` logs one span per FUSE operation.";
     };
 
@@ -805,6 +829,7 @@ in
         "none"
       ];
       default = "kill";
+      example = "log";
       description = ''
         Syscalls outside the daemon's allowlist (`--seccomp`): kill the
         daemon, only log them (to find one missing from the policy), or no
@@ -819,6 +844,7 @@ in
         "off"
       ];
       default = if kernelHasLandlock then "require" else "auto";
+      example = "auto";
       defaultText = literalExpression ''
         "require" when config.boot.kernelPackages.kernel can enforce it
         (>= 5.19 with a disk cache, >= 5.13 without; landlock in

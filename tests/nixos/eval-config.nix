@@ -10,20 +10,22 @@ rec {
   };
   coreutils = "/nix/store/00000000000000000000000000000000-coreutils";
 
-  # The configuration for `services.tvix-virtiofsd = settings`.
-  eval =
+  # lib.evalModules for `services.tvix-virtiofsd = settings`.
+  evalModules =
     {
       kernelVersion ? "6.12.10",
       extraModules ? [ ],
     }:
     settings:
-    (lib.evalModules {
+    lib.evalModules {
       modules = [
         (import ./nixos-stand-ins.nix { inherit kernelVersion; })
         ../../nixos-module.nix
         { services.tvix-virtiofsd = settings; }
       ]
       ++ extraModules;
-    }).config;
+    };
+  # Its configuration.
+  eval = args: settings: (evalModules args settings).config;
   enabled = settings: { enable = true; inherit package; } // settings;
 }

@@ -28,6 +28,7 @@ let
     package
     coreutils
     eval
+    evalModules
     enabled
     ;
   bin = "${package}/bin/tvix-virtiofsd";
@@ -160,7 +161,32 @@ let
       ];
     } (enabled { instances.vm1 = { }; })).systemd.services."tvix-virtiofsd-vm1".serviceConfig;
 
+  # Every option says what it is for, and all but booleans and internal
+  # ones show an example.
+  declared = (evalModules { } { }).options.services.tvix-virtiofsd;
+  perInstance = lib.filterAttrs (name: _: !lib.hasPrefix "_" name) (
+    declared.instances.type.nestedTypes.elemType.getSubOptions [ ]
+  );
+  undocumented =
+    prefix: opts:
+    lib.concatLists (
+      lib.mapAttrsToList (
+        name: opt:
+        lib.optional (
+          (opt.description or null) == null
+          || !(opt.internal or false) && opt.type.name != "bool" && !(opt ? example)
+        ) "${prefix}${name}"
+      ) opts
+    );
+
   checks = [
+    (check "every option has a description, and an example unless boolean" (
+      undocumented "" declared ++ undocumented "instances.<name>." perInstance
+    ) [ ])
+    (check "the walk sees the options: top level, per instance" [
+      (length (attrNames declared) >= 20)
+      (length (attrNames perInstance) >= 30)
+    ] [ true true ])
     (check "template unit has a hardening block" (length (attrNames hardeningBlock) >= 30) true)
     (check "services" (attrNames services) [
       "tvix-virtiofsd-vm1"
