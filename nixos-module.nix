@@ -203,6 +203,19 @@ let
           example = 4;
           description = "Extra threads per queue (`--thread-pool-size`; 0: in order).";
         };
+        socketActivation = mkOption {
+          type = types.bool;
+          default = false;
+          example = true;
+          description = ''
+            Let systemd own the socket (`systemd.sockets."tvix-virtiofsd-<name>"`,
+            as systemd/tvix-virtiofsd@.socket): the service starts on the
+            VMM's first connection with the socket as `--fd 3`, and exits
+            when the VMM disconnects (`persistent` does not apply). Its
+            mount view then has no socket directory at all, as
+            tvix-virtiofsd-activated@.service.
+          '';
+        };
         persistent = mkOption {
           type = types.bool;
           default = true;
@@ -339,9 +352,19 @@ let
 
   args =
     name: inst:
-    [
-      "--socket-path"
-      inst.socketPath
+    (
+      if inst.socketActivation then
+        [
+          "--fd"
+          "3"
+        ]
+      else
+        [
+          "--socket-path"
+          inst.socketPath
+        ]
+    )
+    ++ [
       "--instance"
       name
     ]
@@ -387,7 +410,7 @@ let
       (toString inst.threadPoolSize)
     ]
     ++ optional inst.listRoot "--list-root"
-    ++ optional inst.persistent "--persistent"
+    ++ optional (inst.persistent && !inst.socketActivation) "--persistent"
     ++ valueFlag "--metrics-listen" inst.metricsListen
     ++ valueFlag "--metrics-file" inst.metricsFile
     ++ [
@@ -414,9 +437,12 @@ let
   ];
 
   # Paths beneath the shared trees exist in an instance's view only in its
-  # own directories.
+  # own directories; a socket-activated instance has none under /run.
   inOwnRuntimeDir = name: path: hasPrefix "${runtimeDir name}/" path;
   underRuntimeRoot = path: hasPrefix "${runtimeRoot}/" path;
+  visibleToInstance =
+    name: inst: path:
+    path == null || !underRuntimeRoot path || (!inst.socketActivation && inOwnRuntimeDir name path);
   # Outside the hidden trees: the directory must be made writable.
   writableDirOf = name: path: optional (path != null && !underRuntimeRoot path) (dirOf path);
 
@@ -427,15 +453,52 @@ let
       creds = credentials inst;
     in
     nameValuePair "tvix-virtiofsd-${name}" {
-      description = "tvix-virtiofsd: Nix store for microVM ${name} (vhost-user)";
-      wantedBy = [ "multi-user.target" ];
+      description = "tvix-virtiofsd: Nix store for microVM ${name} (${
+        if inst.socketActivation then "socket-activated" else "vhost-user"
+      })";
+      wantedBy = optional (!inst.socketActivation) "multi-user.target";
       wants = [ "network.target" ];
-      after = [ "network.target" ];
+      after = [ "network.target" ] ++ optional inst.socketActivation "tvix-virtiofsd-${name}.socket";
+      requires = optional inst.socketActivation "tvix-virtiofsd-${name}.socket";
       serviceConfig =
         hardening
         // {
           Type = "notify";
           ExecStart = "${cfg.package}/bin/tvix-virtiofsd ${concatStringsSep " " (map renderArg (args name inst))}";
+          Restart = "on-failure";
+          RestartSec = "1s";
+          User = cfg.user;
+          Group = cfg.group;
+          # TLS files are copied by systemd into this unit's credentials
+          # directory (%d, readable only by the service), so the key is
+          # neither in the Nix store nor in the unit.
+          LoadCredential = map (c: "${c.name}:${c.file}") creds;
+          ReadWritePaths = unique (
+            optionals (!inst.socketActivation) (writableDirOf name inst.socketPath)
+            ++ writableDirOf name inst.metricsListenPath
+            ++ writableDirOf name inst.metricsFile
+            ++ optionals (cfg.cacheDir != null && !cacheInVarCache) [
+              objectsDir
+              (mappingsDir name)
+            ]
+          );
+          # No IP traffic unless a store or a scraper is reached over TCP.
+          IPAddressDeny = "any";
+          IPAddressAllow =
+            cfg.ipAddressAllow ++ optional (elem (metricsTcpHost inst) loopbackHosts) "localhost";
+          TasksMax = inst.tasksMax;
+          LimitNOFILE = inst.limitNofile;
+        }
+        // optionalAttrs (inst.memoryMax != null) { MemoryMax = inst.memoryMax; }
+        // mountView name inst
+        // optionalAttrs cacheInVarCache {
+          CacheDirectory = [
+            (removePrefix varCache objectsDir)
+            (removePrefix varCache (mappingsDir name))
+          ];
+          CacheDirectoryMode = "0700";
+        }
+        // optionalAttrs (!inst.socketActivation) {
           # The daemon binds under UMask=0077: open only the socket to its
           # group before the unit counts as started (VMMs order after it).
           ExecStartPost =
@@ -453,58 +516,47 @@ let
                 inst.socketPath
               ])
             ];
-          Restart = "on-failure";
-          RestartSec = "1s";
-          User = cfg.user;
-          Group = cfg.group;
           SupplementaryGroups = optional (!ownGroup) inst.socketGroup;
           # Unmapped groups cannot be named inside a private user namespace.
           PrivateUsers = ownGroup;
           RuntimeDirectory = "tvix-virtiofsd/${name}";
           RuntimeDirectoryMode = "0755";
           RuntimeDirectoryPreserve = true;
-          # TLS files are copied by systemd into this unit's credentials
-          # directory (%d, readable only by the service), so the key is
-          # neither in the Nix store nor in the unit.
-          LoadCredential = map (c: "${c.name}:${c.file}") creds;
-          ReadWritePaths = unique (
-            writableDirOf name inst.socketPath
-            ++ writableDirOf name inst.metricsListenPath
-            ++ writableDirOf name inst.metricsFile
-            ++ optionals (cfg.cacheDir != null && !cacheInVarCache) [
-              objectsDir
-              (mappingsDir name)
-            ]
-          );
-          # No IP traffic unless a store or a scraper is reached over TCP.
-          IPAddressDeny = "any";
-          IPAddressAllow =
-            cfg.ipAddressAllow ++ optional (elem (metricsTcpHost inst) loopbackHosts) "localhost";
-          TasksMax = inst.tasksMax;
-          LimitNOFILE = inst.limitNofile;
         }
-        // optionalAttrs (inst.memoryMax != null) { MemoryMax = inst.memoryMax; }
-        // mountView name
-        // optionalAttrs cacheInVarCache {
-          CacheDirectory = [
-            (removePrefix varCache objectsDir)
-            (removePrefix varCache (mappingsDir name))
-          ];
-          CacheDirectoryMode = "0700";
-        };
+        # systemd makes the socket with its group and mode.
+        // optionalAttrs inst.socketActivation { PrivateUsers = true; };
     };
 
-  # Keep in step with the mount view block of systemd/tvix-virtiofsd@.service:
-  # the instance sees the shared objects, its own mappings and its own
+  # As systemd/tvix-virtiofsd@.socket.
+  socket =
+    name: inst:
+    nameValuePair "tvix-virtiofsd-${name}" {
+      description = "tvix-virtiofsd: vhost-user socket for microVM ${name}";
+      wantedBy = [ "sockets.target" ];
+      socketConfig = {
+        ListenStream = inst.socketPath;
+        Service = "tvix-virtiofsd-${name}.service";
+        SocketUser = cfg.user;
+        SocketGroup = inst.socketGroup;
+        SocketMode = "0660";
+        DirectoryMode = "0755";
+        RemoveOnStop = true;
+        Accept = false;
+      };
+    };
+
+  # Keep in step with the mount view blocks of systemd/tvix-virtiofsd@.service
+  # and tvix-virtiofsd-activated@.service: the instance sees the shared
+  # objects, its own mappings and (unless systemd holds its socket) its own
   # socket directory; the other instances' mappings and sockets do not exist.
-  mountView = name: {
+  mountView = name: inst: {
     TemporaryFileSystem = optional (cfg.cacheDir != null) "${cfg.cacheDir}:ro" ++ [ "${runtimeRoot}:ro" ];
     BindPaths =
       optionals (cfg.cacheDir != null) [
         objectsDir
         (mappingsDir name)
       ]
-      ++ [ (runtimeDir name) ];
+      ++ optional (!inst.socketActivation) (runtimeDir name);
   };
 
   # Keep in step with the hardening block of systemd/tvix-virtiofsd@.service.
@@ -555,6 +607,13 @@ let
     name: inst:
     let
       at = "services.tvix-virtiofsd.instances.${name}";
+      # Where under /run the instance may put a file, if anywhere.
+      ownDirHint =
+        file:
+        if inst.socketActivation then
+          "(a socket-activated instance has no directory there) "
+        else
+          "${runtimeDir name}/${file} or ";
       addresses = [
         inst.store
         inst.blobServiceAddr
@@ -599,12 +658,12 @@ let
         message = "${at}: socketPath ${inst.socketPath} is hidden from the instance; under ${runtimeRoot} use ${runtimeDir name}/ (e.g. the default ${runtimeDir name}/vhost-user.sock).";
       }
       {
-        assertion = inst.metricsListenPath == null || !underRuntimeRoot inst.metricsListenPath || inOwnRuntimeDir name inst.metricsListenPath;
-        message = "${at}: metricsListen ${toString inst.metricsListen} is hidden from the instance; use ${runtimeDir name}/metrics.sock or a path outside ${runtimeRoot}.";
+        assertion = visibleToInstance name inst inst.metricsListenPath;
+        message = "${at}: metricsListen ${toString inst.metricsListen} is hidden from the instance; use ${ownDirHint "metrics.sock"}a path outside ${runtimeRoot}.";
       }
       {
-        assertion = inst.metricsFile == null || !underRuntimeRoot inst.metricsFile || inOwnRuntimeDir name inst.metricsFile;
-        message = "${at}: metricsFile ${toString inst.metricsFile} is hidden from the instance; use a file in ${runtimeDir name}/ or elsewhere (e.g. node_exporter's textfile directory).";
+        assertion = visibleToInstance name inst inst.metricsFile;
+        message = "${at}: metricsFile ${toString inst.metricsFile} is hidden from the instance; use ${ownDirHint "metrics.prom"}a path outside ${runtimeRoot} (e.g. in node_exporter's textfile directory).";
       }
       {
         assertion =
@@ -909,5 +968,6 @@ in
     );
 
     systemd.services = mapAttrs' service cfg.instances;
+    systemd.sockets = mapAttrs' socket (filterAttrs (_: inst: inst.socketActivation) cfg.instances);
   };
 }

@@ -71,6 +71,15 @@ let
       ];
     };
   });
+  # Socket-activated, as tvix-virtiofsd@.socket + tvix-virtiofsd-activated@.service.
+  activated = eval { } (enabled {
+    instances.vm3 = {
+      socketActivation = true;
+      socketGroup = "kvm";
+    };
+  });
+  vm3 = activated.systemd.services."tvix-virtiofsd-vm3";
+  vm3Socket = activated.systemd.sockets."tvix-virtiofsd-vm3";
   services = on.systemd.services;
   vm1 = services."tvix-virtiofsd-vm1".serviceConfig;
   vm2 = services."tvix-virtiofsd-vm2".serviceConfig;
@@ -81,12 +90,14 @@ let
   template = builtins.readFile (unitDir + "/tvix-virtiofsd@.service");
   hardeningBlock = t.unitBlock "hardening" "vm1" template;
   mountViewBlock = t.unitBlock "mount view" "vm1" template;
+  activatedTemplate = builtins.readFile (unitDir + "/tvix-virtiofsd-activated@.service");
+  activatedMountView = t.unitBlock "mount view" "vm3" activatedTemplate;
   sameAsUnit =
-    what: block:
+    instance: settings: what: block:
     map (key: {
-      name = "vm1 ${key} as in the template unit's ${what} block";
-      ok = vm1 ? ${key} && t.words vm1.${key} == block.${key};
-      got = vm1.${key} or null;
+      name = "${instance} ${key} as in the ${what} block of its template unit";
+      ok = settings ? ${key} && t.words settings.${key} == block.${key};
+      got = settings.${key} or null;
       want = block.${key};
     }) (attrNames block);
   # The unit's other per-instance lines, once it has the per-instance layout.
@@ -425,6 +436,38 @@ let
       memoryOnly.BindPaths
     ] [ false [ "/run/tvix-virtiofsd:ro" ] [ "/run/tvix-virtiofsd/vm1" ] ])
     (check "disabled: no services" off.systemd.services { })
+    (check "socket-activated: the socket as fd 3, no --persistent" (lib.take 4 (t.words vm3.serviceConfig.ExecStart)) [
+      bin
+      ''"--fd"''
+      ''"3"''
+      ''"--instance"''
+    ])
+    (check "socket-activated: started by its socket only" [
+      (hasInfix "--persistent" vm3.serviceConfig.ExecStart)
+      vm3.wantedBy
+      vm3.requires
+      (vm3.serviceConfig ? ExecStartPost)
+      (vm3.serviceConfig ? RuntimeDirectory)
+      vm3.serviceConfig.PrivateUsers
+    ] [ false [ ] [ "tvix-virtiofsd-vm3.socket" ] false false true ])
+    (check "socket-activated: no socket directory in the view" vm3.serviceConfig.BindPaths [
+      "/var/cache/tvix-virtiofsd/v2/objects"
+      "/var/cache/tvix-virtiofsd/v2/instances/vm3"
+    ])
+    (check "socket-activated: the socket unit" [ vm3Socket.wantedBy vm3Socket.socketConfig ] [
+      [ "sockets.target" ]
+      {
+        ListenStream = "/run/tvix-virtiofsd/vm3/vhost-user.sock";
+        Service = "tvix-virtiofsd-vm3.service";
+        SocketUser = "tvix-virtiofsd";
+        SocketGroup = "kvm";
+        SocketMode = "0660";
+        DirectoryMode = "0755";
+        RemoveOnStop = true;
+        Accept = false;
+      }
+    ])
+    (check "only socket-activated instances get a socket unit" (attrNames on.systemd.sockets) [ ])
     (check "a host's additions merge: lists extend, mkForce overrides" [ extended.BindPaths extended.MemoryMax ] [
       [
         "/var/cache/tvix-virtiofsd/v2/objects"
@@ -478,6 +521,10 @@ let
     (rejects "a metrics socket hidden from the instance" {
       instances.vm1.metricsListen = "/run/tvix-virtiofsd/metrics.sock";
     } "use /run/tvix-virtiofsd/vm1/metrics.sock")
+    (rejects "a metrics socket in the directory a socket-activated instance lacks" {
+      instances.vm1.socketActivation = true;
+      instances.vm1.metricsListen = "/run/tvix-virtiofsd/vm1/metrics.sock";
+    } "a socket-activated instance has no directory there")
     (rejects "a metrics file hidden from the instance" {
       instances.vm1.metricsFile = "/run/tvix-virtiofsd/vm1.prom";
     } "metricsFile /run/tvix-virtiofsd/vm1.prom is hidden")
@@ -509,8 +556,10 @@ let
     })
     (throwsOnType "an unknown log level" { instances.vm1.logLevel = "verbose"; })
   ]
-  ++ sameAsUnit "hardening" hardeningBlock
-  ++ sameAsUnit "mount view" mountViewBlock
+  ++ sameAsUnit "vm1" vm1 "hardening" hardeningBlock
+  ++ sameAsUnit "vm1" vm1 "mount view" mountViewBlock
+  ++ sameAsUnit "vm3" vm3.serviceConfig "hardening" (t.unitBlock "hardening" "vm3" activatedTemplate)
+  ++ sameAsUnit "vm3" vm3.serviceConfig "mount view" activatedMountView
   ++ layoutChecks;
 in
 t.report "nixos-module.nix" checks

@@ -1,7 +1,7 @@
 # What nixos-module.nix takes from NixOS itself, which the nixpkgs library
 # alone does not have: the declarations of the NixOS options it defines or
-# reads (assertions, warnings, users, systemd services and tmpfiles, the
-# kernel), `utils.escapeSystemdExecArg(s)` of nixos/lib/utils.nix, and of
+# reads (assertions, warnings, users, systemd services, sockets and
+# tmpfiles, the kernel), `utils.escapeSystemdExecArg(s)` of nixos/lib/utils.nix, and of
 # `pkgs` the one package it names (coreutils) and the host's system.
 # Declarations carry the real options' types where the module's values
 # depend on them; nothing else of NixOS is here.
@@ -74,6 +74,21 @@ in
             after = listOfStr;
             requires = listOfStr;
             serviceConfig = mkOption {
+              type = types.attrsOf unitOption;
+              default = { };
+            };
+          };
+        }
+      );
+      default = { };
+    };
+    systemd.sockets = mkOption {
+      type = types.attrsOf (
+        types.submodule {
+          options = {
+            description = mkOption { type = types.str; };
+            wantedBy = listOfStr;
+            socketConfig = mkOption {
               type = types.attrsOf unitOption;
               default = { };
             };

@@ -22,6 +22,10 @@ let
       metricsListen = "127.0.0.1:9851";
       metricsFile = "/var/lib/node-exporter/vm2.prom";
     };
+    instances.vm3 = {
+      socketActivation = true;
+      socketGroup = "kvm";
+    };
   });
 
   value = v: if v == true then "true" else if v == false then "false" else toString v;
@@ -30,20 +34,30 @@ let
     lib.concatStrings (
       lib.mapAttrsToList (key: v: lib.concatMapStrings (x: "${key}=${value x}\n") (lib.toList v)) settings
     );
-  unit = service: ''
+  service = unit: ''
     [Unit]
-    Description=${service.description}
+    Description=${unit.description}
     ${section {
-      After = service.after;
-      Wants = service.wants;
+      After = unit.after;
+      Wants = unit.wants;
+      Requires = unit.requires;
     }}
     [Service]
-    ${section service.serviceConfig}
+    ${section unit.serviceConfig}
     [Install]
-    ${section { WantedBy = service.wantedBy; }}'';
+    ${section { WantedBy = unit.wantedBy; }}'';
+  socket = unit: ''
+    [Unit]
+    Description=${unit.description}
+
+    [Socket]
+    ${section unit.socketConfig}
+    [Install]
+    ${section { WantedBy = unit.wantedBy; }}'';
+  files = suffix: render: units: lib.mapAttrsToList (name: unit: "### ${name}.${suffix}\n${render unit}") units;
 in
 {
   text = lib.concatStrings (
-    lib.mapAttrsToList (name: service: "### ${name}.service\n${unit service}") config.systemd.services
+    files "service" service config.systemd.services ++ files "socket" socket config.systemd.sockets
   );
 }
