@@ -48,6 +48,7 @@ let
     "tests/fixture-store/target"
     "tests/fuse_e2e.rs"
     "tests/nixos"
+    "nixos"
     "scripts"
     ".git"
     "flake.nix"
