@@ -5,6 +5,7 @@
   config,
   lib,
   options,
+  pkgs,
   ...
 }:
 
@@ -252,9 +253,14 @@ in
 
     package = mkOption {
       type = types.package;
+      default =
+        pkgs.tvix-virtiofsd
+          or (throw "services.tvix-virtiofsd.package: set it (e.g. to pkgs.callPackage ./tvix-virtiofsd/package.nix { }), add the flake's overlays.default, or import its nixosModules.default.");
+      defaultText = literalExpression "pkgs.tvix-virtiofsd";
       example = literalExpression "pkgs.callPackage ./tvix-virtiofsd/package.nix { }";
       description = ''
-        The tvix-virtiofsd package (its `bin/tvix-virtiofsd`). The flake's
+        The tvix-virtiofsd package (its `bin/tvix-virtiofsd`): by default
+        the one the flake's `overlays.default` adds; the flake's
         `nixosModules.default` sets it to the flake's package.
       '';
     };

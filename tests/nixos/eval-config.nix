@@ -14,12 +14,13 @@ rec {
   evalModules =
     {
       kernelVersion ? "6.12.10",
+      extraPackages ? { },
       extraModules ? [ ],
     }:
     settings:
     lib.evalModules {
       modules = [
-        (import ./nixos-stand-ins.nix { inherit kernelVersion; })
+        (import ./nixos-stand-ins.nix { inherit kernelVersion extraPackages; })
         ../../nixos-module.nix
         { services.tvix-virtiofsd = settings; }
       ]

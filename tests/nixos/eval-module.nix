@@ -436,6 +436,18 @@ let
       memoryOnly.BindPaths
     ] [ false [ "/run/tvix-virtiofsd:ro" ] [ "/run/tvix-virtiofsd/vm1" ] ])
     (check "disabled: no services" off.systemd.services { })
+    (check "package: pkgs.tvix-virtiofsd by default (the overlay's)" (lib.hasPrefix "/nix/store/22222222222222222222222222222222-overlaid/bin/tvix-virtiofsd "
+      (eval {
+        extraPackages.tvix-virtiofsd = package // { outPath = "/nix/store/22222222222222222222222222222222-overlaid"; };
+      } { enable = true; instances.vm1 = { }; }).systemd.services."tvix-virtiofsd-vm1".serviceConfig.ExecStart
+    ) true)
+    rec {
+      name = "package: none in pkgs and none set says where to get it";
+      result = builtins.tryEval (eval { } { enable = true; instances.vm1 = { }; }).systemd.services."tvix-virtiofsd-vm1".serviceConfig.ExecStart;
+      ok = !result.success;
+      got = result;
+      want = "an evaluation error";
+    }
     (check "socket-activated: the socket as fd 3, no --persistent" (lib.take 4 (t.words vm3.serviceConfig.ExecStart)) [
       bin
       ''"--fd"''

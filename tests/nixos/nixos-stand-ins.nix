@@ -8,6 +8,7 @@
 {
   kernelVersion ? "6.12.10",
   hostSystem ? "x86_64-linux",
+  extraPackages ? { },
 }:
 { lib, ... }:
 let
@@ -111,7 +112,8 @@ in
         outPath = "/nix/store/00000000000000000000000000000000-coreutils";
       };
       stdenv.hostPlatform.system = hostSystem;
-    };
+    }
+    // extraPackages;
     # nixos/lib/utils.nix
     utils = rec {
       escapeSystemdExecArg =
