@@ -119,10 +119,11 @@ let
           '';
         };
         queueSize = mkOption {
-          type = types.ints.between 2 32768;
+          # Virtqueue sizes are powers of two.
+          type = types.addCheck (types.ints.between 2 32768) (n: builtins.bitAnd n (n - 1) == 0);
           default = 1024;
           example = 256;
-          description = "Largest virtqueue size offered to the VMM (`--queue-size`).";
+          description = "Largest virtqueue size offered to the VMM (`--queue-size`), a power of two.";
         };
         threadPoolSize = mkOption {
           type = types.ints.unsigned;

@@ -567,6 +567,7 @@ let
       instances.vm1 = { };
     })
     (throwsOnType "an unknown log level" { instances.vm1.logLevel = "verbose"; })
+    (throwsOnType "a queue size that is no power of two" { instances.vm1.queueSize = 1000; })
   ]
   ++ sameAsUnit "vm1" vm1 "hardening" hardeningBlock
   ++ sameAsUnit "vm1" vm1 "mount view" mountViewBlock
