@@ -9,15 +9,16 @@
 #   fuse3                    /dev/fuse tooling for --mount
 #   gcc pkg-config           C parts of crates (blake3's assembly)
 #   the shellcheck linter    checks the scripts (scripts/test.sh)
-#   nix-bin                  nix-instantiate: evaluates the NixOS module, package
-#                            and flake (scripts/check-nix.sh)
 #
 # Rust itself (cargo, rustc, rustfmt, clippy) is expected from rustup.
 set -euo pipefail
+# nix-bin: nix-instantiate, which evaluates the NixOS module, package.nix and
+# flake.nix with the nixpkgs library (scripts/check-nix.sh).
+nix_packages=(nix-bin)
 
-packages=(qemu-system-x86 busybox-static cpio linux-image-cloud-amd64 fuse3 gcc pkg-config shellcheck nix-bin)
+packages=(qemu-system-x86 busybox-static cpio linux-image-cloud-amd64 fuse3 gcc pkg-config shellcheck)
 missing=()
-for p in "${packages[@]}"; do
+for p in "${packages[@]}" "${nix_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
