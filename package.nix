@@ -69,10 +69,12 @@ rustPlatform.buildRustPackage {
   postInstall = ''
     install -Dm0644 -t $out/lib/systemd/system systemd/*.service systemd/*.socket
     install -Dm0644 systemd/tvix-virtiofsd.conf $out/lib/sysusers.d/tvix-virtiofsd.conf
+    # Whatever host path the units name (/usr/local/bin, /usr/bin, /bin).
     for unit in $out/lib/systemd/system/*.service; do
-      substituteInPlace "$unit" \
-        --replace-quiet /usr/local/bin/tvix-virtiofsd $out/bin/tvix-virtiofsd \
-        --replace-quiet /bin/chmod ${coreutils}/bin/chmod
+      sed -i -E \
+        -e "s#^ExecStart=[^ ]*/tvix-virtiofsd( |$)#ExecStart=$out/bin/tvix-virtiofsd\1#" \
+        -e "s#^ExecStartPost=[^ ]*/chmod #ExecStartPost=${coreutils}/bin/chmod #" \
+        "$unit"
     done
     install -Dm0644 -t $out/share/doc/tvix-virtiofsd README.md docs/*.md
     install -Dm0644 systemd/README.md $out/share/doc/tvix-virtiofsd/systemd.md

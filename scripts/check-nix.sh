@@ -48,8 +48,7 @@ evaluate "nixos-module.nix against $unit_dir/" tests/nixos/eval-module.nix --arg
 evaluate package.nix tests/nixos/eval-package.nix -A passed
 evaluate flake.nix tests/nixos/eval-flake.nix
 
-# package.nix's postInstall, run by bash on this tree into a scratch $out,
-# with a stand-in for stdenv's substituteInPlace (literal replacements):
+# package.nix's postInstall, run by bash on this tree into a scratch $out:
 # the units, the sysusers file and the docs land where NixOS and systemd
 # look, pointing at the package's binary and at coreutils.
 install_script=$(timeout 60 nix --extra-experimental-features nix-command "${nix[@]:1}" eval --raw \
@@ -57,17 +56,6 @@ install_script=$(timeout 60 nix --extra-experimental-features nix-command "${nix
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 (
-  substituteInPlace() {
-    local file=$1 content
-    shift
-    content=$(<"$file")
-    while [ $# -gt 0 ]; do
-      [ "$1" = --replace-quiet ] || { echo "substituteInPlace: unknown $1" >&2; return 1; }
-      content=${content//"$2"/"$3"}
-      shift 3
-    done
-    printf '%s\n' "$content" >"$file"
-  }
   set -euo pipefail
   eval "$install_script"
 ) || { echo "check-nix: FAIL: package.nix postInstall failed" >&2; exit 1; }
@@ -79,7 +67,7 @@ for f in "$units/tvix-virtiofsd@.service" "$units/tvix-virtiofsd-activated@.serv
 done
 grep -q "^ExecStart=$out/bin/tvix-virtiofsd " "$units/tvix-virtiofsd@.service" ||
   { echo "check-nix: FAIL: installed unit's ExecStart is not the package's binary" >&2; exit 1; }
-if grep -nE '(^|[= ])/(usr/local/)?bin/' "$units"/*.service >&2; then
+if grep -nE '(^|[= ])/(usr/(local/)?)?s?bin/' "$units"/*.service >&2; then
   echo "check-nix: FAIL: installed units still name host paths (above)" >&2
   exit 1
 fi
