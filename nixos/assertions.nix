@@ -63,8 +63,10 @@ let
     in
     [
       {
-        assertion = match "[A-Za-z0-9_:@-][A-Za-z0-9_.:@-]{0,199}" name != null;
-        message = "${at}: the instance name must be 1 to 200 of A-Z a-z 0-9 _ - . : @, not starting with a dot (it becomes --instance and a directory name).";
+        # What --instance accepts, less `@` and `\`, which a unit name
+        # (tvix-virtiofsd-<name>.service) cannot hold outside templates.
+        assertion = match "[A-Za-z0-9_:-][A-Za-z0-9_.:-]{0,199}" name != null;
+        message = "${at}: the instance name must be 1 to 200 of A-Z a-z 0-9 _ - . :, not starting with a dot (it becomes --instance, a directory and a unit name).";
       }
       {
         assertion =

@@ -556,6 +556,7 @@ let
       instances.vm1.memoryMax = "1G";
     } "raise memoryMax (null: no limit) or lower memoryCacheSize")
     (rejects "an instance name the daemon refuses" { instances.".hidden" = { }; } "not starting with a dot")
+    (rejects "an instance name no unit name can hold" { instances."vm@1" = { }; } "must be 1 to 200 of A-Z a-z 0-9 _ - . :")
     (throwsOnType "the key as a Nix path (it would be copied to the store)" {
       store = "grpc+https://10.0.0.5:443";
       storeCert = "/run/keys/c.pem";
