@@ -1,4 +1,4 @@
-# Helpers of the evaluation tests: a named check, the KEY=VALUE settings of a
+# What the evaluation tests share: a named check, the KEY=VALUE settings of a
 # unit file (as words, like systemd splits them), and the report that throws
 # when a check fails.
 { lib }:
