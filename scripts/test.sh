@@ -25,7 +25,9 @@ cargo build --locked --workspace --bins
 scripts/build-deb.sh --dev >/dev/null
 wait "$rootfs_build" || { cat target/build-rootfs.log >&2; exit 1; }
 cargo test --locked --workspace --all-targets
-# Deployment files: systemd units (verify, exposure), NixOS module (eval).
+# Deployment files: systemd units (verify, exposure, flags) and, through
+# scripts/check-nix.sh, the NixOS module, package.nix and flake.nix evaluated
+# with the real nixpkgs library.
 scripts/check-deploy.sh
 # The benchmark harness must keep working: a tiny run of it.
 scripts/bench-guest-read.sh --smoke
