@@ -22,8 +22,9 @@ use fuse::Session;
 use tree::Tree;
 use workload::{Counts, Job, Names, Part, Workload};
 
+/// Later options override earlier ones, so scripts can pass defaults first.
 #[derive(Parser)]
-#[command(about)]
+#[command(about, args_override_self = true)]
 struct Args {
     /// The daemon's vhost-user socket.
     #[arg(long)]
