@@ -34,3 +34,4 @@ scripts/bench-guest-read.sh --smoke
 scripts/bench-cache.sh --smoke
 scripts/bench-vm.sh --smoke
 scripts/bench-peers.sh --smoke
+scripts/bench-loadgen.sh --smoke
