@@ -14,9 +14,9 @@
 # Each instance becomes systemd.services."tvix-virtiofsd-<name>", with the
 # sandbox and mount view of systemd/tvix-virtiofsd@.service (see
 # systemd/README.md); tests/nixos/ keep the two the same. The parts:
-# nixos/options.nix (the options), nixos/units.nix (an instance's units,
-# with nixos/command-line.nix and nixos/hardening.nix), nixos/assertions.nix
-# (wrong combinations), nixos/common.nix (what they share).
+# systemd/nixos/: options.nix (the options), units.nix (an instance's
+# units, with command-line.nix and hardening.nix), assertions.nix (wrong
+# combinations), common.nix (what they share).
 {
   config,
   lib,
@@ -34,18 +34,18 @@ let
     mkIf
     optionals
     ;
-  common = import ./nixos/common.nix { inherit config lib options; };
+  common = import ./systemd/nixos/common.nix { inherit config lib options; };
   inherit (common)
     cacheInVarCache
     cfg
     mappingsDir
     objectsDir
     ;
-  units = import ./nixos/units.nix { inherit lib pkgs utils common; };
-  checks = import ./nixos/assertions.nix { inherit lib common; };
+  units = import ./systemd/nixos/units.nix { inherit lib pkgs utils common; };
+  checks = import ./systemd/nixos/assertions.nix { inherit lib common; };
 in
 {
-  imports = [ ./nixos/options.nix ];
+  imports = [ ./systemd/nixos/options.nix ];
 
   config = mkIf cfg.enable {
     inherit (checks) assertions warnings;

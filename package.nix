@@ -29,6 +29,8 @@ let
     "tests/fixture-store/Cargo.toml"
     "tests/fixture-store/build.rs"
     "tests/fixture-store/src"
+    "benches/loadgen/Cargo.toml"
+    "benches/loadgen/src"
   ];
 in
 rustPlatform.buildRustPackage {

@@ -105,7 +105,7 @@ flags=$( (
     # ExecStart= up to the first line without a trailing backslash.
     awk '/^ExecStart=/ { on = 1 } on { print; if (!/\\$/) on = 0 }' "$u"
   done | grep -oE -- '--[a-z][a-z-]+'
-  grep -ohE -- '"--[a-z][a-z-]+"' nixos-module.nix nixos/*.nix tests/nixos/eval-module.nix | tr -d '"'
+  grep -ohE -- '"--[a-z][a-z-]+"' nixos-module.nix systemd/nixos/*.nix tests/nixos/eval-module.nix | tr -d '"'
 ) | sort -u)
 [ "$(wc -w <<<"$flags")" -gt 10 ] || fail "found too few flags: $flags"
 # Flags the module passes that are added to the daemon alongside it

@@ -29,7 +29,7 @@ command -v nix-instantiate >/dev/null || skip_or_fail "nix-instantiate missing: 
 
 # A dummy store: evaluation only, no /nix/store, no daemon, no build users.
 nix=(nix-instantiate --store dummy:// --option build-users-group "" --option allow-import-from-derivation false)
-for f in nixos-module.nix nixos/*.nix package.nix flake.nix tests/nixos/*.nix; do
+for f in nixos-module.nix systemd/nixos/*.nix package.nix flake.nix tests/nixos/*.nix; do
   "${nix[@]}" --parse "$f" >/dev/null || { echo "check-nix: FAIL: $f does not parse" >&2; exit 1; }
 done
 

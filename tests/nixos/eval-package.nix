@@ -42,13 +42,14 @@ let
     "tests/fixture-store"
     "tests/fixture-store/Cargo.toml"
     "tests/fixture-store/src/main.rs"
+    "benches/loadgen/Cargo.toml"
   ];
   unwanted = [
     "target"
     "tests/fixture-store/target"
     "tests/fuse_e2e.rs"
     "tests/nixos"
-    "nixos"
+    "fuzz"
     "scripts"
     ".git"
     "flake.nix"
