@@ -212,6 +212,7 @@ impl DiskCache {
     pub fn reject(&self, kind: Kind, key: &[u8]) {
         let path = self.path(kind, key);
         tracing::error!(path = %path.display(), "cache file failed verification; removed, will fetch again");
+        crate::metrics::disk_rejected(kind);
         self.stats
             .verification_failures
             .fetch_add(1, Ordering::Relaxed);
