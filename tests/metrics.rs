@@ -128,6 +128,44 @@ fn has(scrape: &Scrape, metric: &str) -> bool {
     scrape.samples.iter().any(|s| s.metric == metric)
 }
 
+/// Every metric docs/grafana-dashboard.json queries is one the daemon
+/// publishes (a HELP line in `scrape`).
+fn assert_dashboard_uses_only(scrape: &Scrape) {
+    let path = repo_root().join("docs/grafana-dashboard.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut exprs = Vec::new();
+    collect_exprs(&dashboard, &mut exprs);
+    assert!(exprs.len() > 20, "only {} queries", exprs.len());
+    for expr in exprs {
+        let names = expr
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|word| word.starts_with("tvix_virtiofsd_"));
+        for name in names {
+            let family = name.strip_suffix("_bucket").unwrap_or(name);
+            assert!(
+                scrape.docs.contains_key(family),
+                "the dashboard queries {name}, which the daemon does not publish: {expr}"
+            );
+        }
+    }
+}
+
+fn collect_exprs(value: &serde_json::Value, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, v) in map {
+                match (key.as_str(), v) {
+                    ("expr" | "definition", serde_json::Value::String(e)) => out.push(e.clone()),
+                    _ => collect_exprs(v, out),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| collect_exprs(v, out)),
+        _ => {}
+    }
+}
+
 fn free_tcp_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
@@ -285,6 +323,8 @@ fn metrics_over_tcp_and_in_the_textfile_follow_the_guest_and_the_store() {
         0.0
     );
     assert_eq!(value(&up, "tvix_virtiofsd_store_up", &[]), 1.0);
+
+    assert_dashboard_uses_only(&up);
 
     // The textfile says the same, a few seconds late.
     wait_for_textfile(&textfile, |s| {

@@ -91,7 +91,7 @@ impl Collector for CacheCollector {
         write(
             &mut encoder,
             "cache_hits",
-            "Lookups answered by a cache layer (chunks, Directories, chunk lists, path infos)",
+            "Lookups answered by a cache layer (chunks, Directories, chunk lists, path infos).",
             None,
             &[
                 (memory, Counter(read(&stats.memory_hits))),
@@ -102,7 +102,7 @@ impl Collector for CacheCollector {
             &mut encoder,
             "cache_misses",
             "Lookups that went past a cache layer (on disk: also entries that failed \
-             verification there)",
+             verification there).",
             None,
             &[
                 (memory, Counter(read(&stats.memory_misses))),
@@ -117,56 +117,56 @@ impl Collector for CacheCollector {
             &mut encoder,
             "cache",
             "Bytes in a cache layer (memory: now; disk: the whole shared directory at the last \
-             scan)",
+             scan).",
             Some(&Unit::Bytes),
             &bytes,
         )?;
         write(
             &mut encoder,
             "cache_evictions",
-            "Files this daemon evicted from the disk cache",
+            "Files this daemon evicted from the disk cache.",
             None,
             &[(disk, Counter(read(&stats.disk_evictions)))],
         )?;
         write(
             &mut encoder,
             "cache_disk_written",
-            "Bytes this daemon added to the disk cache",
+            "Bytes this daemon added to the disk cache.",
             Some(&Unit::Bytes),
             &[(None, Counter(read(&stats.disk_bytes_written)))],
         )?;
         write(
             &mut encoder,
             "cache_disk_range_reads",
-            "Parts of chunks read from disk and verified through their outboard",
+            "Parts of chunks read from disk and verified through their outboard.",
             None,
             &[(None, Counter(read(&stats.disk_range_reads)))],
         )?;
         write(
             &mut encoder,
             "store_fetched",
-            "Blob bytes received from the store",
+            "Blob bytes received from the store.",
             Some(&Unit::Bytes),
             &[(None, Counter(read(&stats.store_bytes_fetched)))],
         )?;
         write(
             &mut encoder,
             "store_fetches_in_flight",
-            "Chunk fetches running now",
+            "Chunk fetches running now.",
             None,
             &[(None, Gauge(read(&stats.fetches_in_flight)))],
         )?;
         write(
             &mut encoder,
             "cache_singleflight_joins",
-            "Chunk requests that joined a fetch already running",
+            "Chunk requests that joined a fetch already running.",
             None,
             &[(None, Counter(read(&stats.singleflight_joins)))],
         )?;
         write(
             &mut encoder,
             "readahead_chunks",
-            "Chunks fetched ahead of sequential readers",
+            "Chunks fetched ahead of sequential readers.",
             None,
             &[(None, Counter(read(&stats.readahead_chunks)))],
         )
@@ -195,14 +195,14 @@ impl Collector for FsCollector {
         write(
             &mut encoder,
             "inodes",
-            "Inodes the guest holds (besides the root)",
+            "Inodes the guest holds (besides the root).",
             None,
             &[(None, Sample::Gauge(self.fs.inode_count() as u64))],
         )?;
         write(
             &mut encoder,
             "open_handles",
-            "Open file and directory handles",
+            "Open file and directory handles.",
             None,
             &[(None, Sample::Gauge(self.fs.open_handle_count() as u64))],
         )

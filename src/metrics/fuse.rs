@@ -18,7 +18,7 @@ use fuse_backend_rs::api::filesystem::{
 use fuse_backend_rs::transport::FsCacheReqHandler;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
 use super::requests::{Help, RequestMetrics};
@@ -40,9 +40,12 @@ pub(super) struct FuseMetrics {
     read_bytes: Counter,
 }
 
-/// 25 µs (a cached getattr) to about 4 s (a cold read far from the store).
+/// 25 µs (a cached getattr) to 5 s (a cold read far from the store).
 fn latency_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(25e-6, 3.0, 12))
+    Histogram::new([
+        25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 0.1, 0.25,
+        0.5, 1.0, 2.5, 5.0,
+    ])
 }
 
 impl FuseMetrics {

@@ -42,6 +42,24 @@ struct VerificationLabels {
     kind: &'static str,
 }
 
+/// What can fail verification when it comes from the store.
+const STORE_KINDS: [&str; 5] = [
+    "directory",
+    "blob_digest",
+    "blob_size",
+    "chunk_list",
+    "path_info",
+];
+/// What can fail verification when it is read back from the disk cache.
+const DISK_KINDS: [&str; 6] = [
+    "chunk",
+    "blob",
+    "directory",
+    "chunk_list",
+    "path_info",
+    "outboard",
+];
+
 /// The process's metrics.
 pub struct Metrics {
     registry: Mutex<Registry>,
@@ -69,6 +87,14 @@ impl Metrics {
              by source and kind",
             verification_failures.clone(),
         );
+        // Every kind at 0 from the start: a dashboard shows 0, not "no data".
+        let kinds = STORE_KINDS
+            .iter()
+            .map(|kind| ("store", *kind))
+            .chain(DISK_KINDS.iter().map(|kind| ("disk", *kind)));
+        for (source, kind) in kinds {
+            drop(verification_failures.get_or_create(&VerificationLabels { source, kind }));
+        }
         Self {
             registry: Mutex::new(registry),
             fuse,

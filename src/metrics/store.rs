@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tonic::Code;
 
@@ -36,9 +36,12 @@ pub(super) struct StoreMetrics {
     up: Gauge<i64, AtomicI64>,
 }
 
-/// 100 µs (a local store's path info) to about 26 s (past any timeout).
+/// 100 µs (a local store's path info) to 30 s (past the default timeout).
 fn latency_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(1e-4, 3.0, 13))
+    Histogram::new([
+        100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 0.1, 0.25, 0.5, 1.0, 2.5,
+        5.0, 10.0, 30.0,
+    ])
 }
 
 impl StoreMetrics {
