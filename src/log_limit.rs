@@ -17,7 +17,7 @@ use crate::store::StoreError;
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(10);
 /// Distinct errors remembered; past it, new ones share one key (so memory
 /// stays bounded whatever the guest asks for).
-const MAX_KEYS: usize = 4096;
+const MAX_KEYS: usize = 1024;
 /// The key errors share once [`MAX_KEYS`] are remembered.
 const OVERFLOW_KEY: &str = "(more distinct errors than remembered)";
 
