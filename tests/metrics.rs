@@ -458,3 +458,49 @@ fn a_store_outage_logs_one_line_per_window_and_the_unix_socket_counts_all() {
     );
     assert!(eio >= (READS + 1) as f64, "EIO errors: {eio}");
 }
+
+/// A blob the store corrupts (a fault the fixture store injects) is
+/// counted as a verification failure of its kind, and the guest's read as
+/// an EIO.
+#[test]
+fn bad_data_from_the_store_is_counted_by_kind() {
+    let tree = metrics_tree();
+    let relative = format!("{PKG}/{READ_FILE}");
+    let digest = Fixture::start(&tree, &[]).digest(&relative);
+    let fixture = Fixture::start(&tree, &["--corrupt-blob", digest.as_str()]);
+    let port = free_tcp_port();
+    let listen = format!("127.0.0.1:{port}");
+    let daemon = Daemon::mount(
+        &fixture.address(),
+        &["--seccomp", "kill", "--metrics-listen", &listen],
+    );
+    let file = daemon.path(&format!("{}/{READ_FILE}", fixture.store_path(PKG)));
+    assert_eq!(
+        std::fs::read(&file).unwrap_err().raw_os_error(),
+        Some(libc::EIO)
+    );
+    let scrape = scrape_tcp(port);
+    let failures = value(
+        &scrape,
+        "tvix_virtiofsd_verification_failures_total",
+        &[("source", "store"), ("kind", "blob_digest")],
+    );
+    assert!(failures >= 1.0, "blob digest failures: {failures}");
+    assert_eq!(
+        value(
+            &scrape,
+            "tvix_virtiofsd_verification_failures_total",
+            &[("source", "disk")]
+        ),
+        0.0
+    );
+    assert!(
+        value(
+            &scrape,
+            "tvix_virtiofsd_fuse_errors_total",
+            &[("errno", "EIO")]
+        ) >= 1.0
+    );
+    // The store answered: it is up, though its data is bad.
+    assert_eq!(value(&scrape, "tvix_virtiofsd_store_up", &[]), 1.0);
+}
