@@ -18,7 +18,11 @@ pub const DEFAULT_WINDOW: Duration = Duration::from_secs(10);
 /// Distinct errors remembered; past it, new ones share one key (so memory
 /// stays bounded whatever the guest asks for).
 const MAX_KEYS: usize = 1024;
-/// The key errors share once [`MAX_KEYS`] are remembered.
+/// New distinct errors logged per window; past it, they share one key (a
+/// guest asking for many different missing paths does not flood the log).
+const MAX_NEW_PER_WINDOW: u32 = 64;
+/// The key errors share once [`MAX_KEYS`] are remembered or
+/// [`MAX_NEW_PER_WINDOW`] were new in this window.
 const OVERFLOW_KEY: &str = "(more distinct errors than remembered)";
 
 struct Seen {
@@ -30,6 +34,8 @@ struct Seen {
 pub struct RepeatLimiter {
     window_ms: AtomicU64,
     seen: Mutex<HashMap<String, Seen>>,
+    /// Since when, and how many new keys were admitted since.
+    fresh: Mutex<(Instant, u32)>,
 }
 
 impl RepeatLimiter {
@@ -37,6 +43,7 @@ impl RepeatLimiter {
         Self {
             window_ms: AtomicU64::new(window.as_millis() as u64),
             seen: Mutex::new(HashMap::new()),
+            fresh: Mutex::new((Instant::now(), 0)),
         }
     }
 
@@ -61,7 +68,7 @@ impl RepeatLimiter {
         if !seen.contains_key(key) && seen.len() >= MAX_KEYS {
             seen.retain(|_, s| now.duration_since(s.last_logged) < window || s.suppressed > 0);
         }
-        let key = if seen.contains_key(key) || seen.len() < MAX_KEYS {
+        let key = if seen.contains_key(key) || (seen.len() < MAX_KEYS && self.fresh_key(now)) {
             key
         } else {
             OVERFLOW_KEY
@@ -86,6 +93,18 @@ impl RepeatLimiter {
                 None
             }
         }
+    }
+}
+
+impl RepeatLimiter {
+    /// Whether one more new key may be admitted in this window.
+    fn fresh_key(&self, now: Instant) -> bool {
+        let mut fresh = self.fresh.lock();
+        if now.duration_since(fresh.0) >= self.window() {
+            *fresh = (now, 0);
+        }
+        fresh.1 += 1;
+        fresh.1 <= MAX_NEW_PER_WINDOW
     }
 }
 
@@ -137,20 +156,33 @@ mod tests {
     }
 
     #[test]
+    fn logs_a_bounded_number_of_new_errors_per_window() {
+        let limiter = RepeatLimiter::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        let logged = (0..1000)
+            .filter(|i| limiter.admit_at(&format!("k{i}"), t0).is_some())
+            .count();
+        assert_eq!(logged, MAX_NEW_PER_WINDOW as usize + 1);
+        // The next window admits new ones again.
+        assert_eq!(
+            limiter.admit_at("later", t0 + Duration::from_secs(10)),
+            Some(0)
+        );
+    }
+
+    #[test]
     fn remembers_a_bounded_number_of_keys() {
         let limiter = RepeatLimiter::new(Duration::from_secs(10));
         let t0 = Instant::now();
-        for i in 0..MAX_KEYS + 100 {
-            limiter.admit_at(&format!("k{i}"), t0);
+        // Errors that keep repeating (each key once a second, so none
+        // expires), new ones arriving at the most the budget allows.
+        for second in 0..400u64 {
+            let now = t0 + Duration::from_secs(second);
+            for i in 0..MAX_NEW_PER_WINDOW as u64 {
+                limiter.admit_at(&format!("k{second}-{i}"), now);
+                limiter.admit_at(&format!("k{}-{i}", second.saturating_sub(1)), now);
+            }
+            assert!(limiter.seen.lock().len() <= MAX_KEYS + 1);
         }
-        assert!(limiter.seen.lock().len() <= MAX_KEYS + 1);
-        // Past the bound, new errors share one key: one line per window.
-        assert_eq!(limiter.admit_at("new-1", t0), None);
-        assert_eq!(limiter.admit_at("new-2", t0), None);
-        // Once the window has passed, old keys make room again.
-        assert_eq!(
-            limiter.admit_at("new-3", t0 + Duration::from_secs(11)),
-            Some(0)
-        );
     }
 }
