@@ -155,6 +155,21 @@ pub struct Cli {
     #[arg(long, value_name = "FILE")]
     pub stats_file: Option<PathBuf>,
 
+    /// Serve Prometheus metrics (GET /metrics) on this unix socket path or
+    /// TCP host:port. Bound at start-up, before the sandbox.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<crate::metrics::MetricsAddress>,
+
+    /// Write Prometheus metrics to this file (node_exporter textfile),
+    /// replaced atomically every 5 seconds and at exit.
+    #[arg(long, value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
+
+    /// Seconds within which a repeated error (same operation, digest or
+    /// store path, and error) is logged once, with a count of the others.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    pub log_repeat_window: f64,
+
     /// Log level: error, warn, info, debug, trace (RUST_LOG overrides).
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -241,19 +256,25 @@ impl Cli {
 
     /// What the sandbox allows once start-up is done.
     pub fn sandbox_config(&self, store: &StoreConfig) -> SandboxConfig {
+        let mut policy = LandlockPolicy::for_daemon(
+            self.cache_dir
+                .as_deref()
+                .map(|dir| CacheLayout::new(dir, self.instance.as_ref()))
+                .as_ref(),
+            self.spool_dir.as_deref(),
+            self.stats_file.as_deref(),
+            store,
+        );
+        crate::metrics::textfile::allow_in_sandbox(&mut policy, self.metrics_file.as_deref());
         SandboxConfig {
             seccomp: self.seccomp,
             landlock: self.landlock,
-            policy: LandlockPolicy::for_daemon(
-                self.cache_dir
-                    .as_deref()
-                    .map(|dir| CacheLayout::new(dir, self.instance.as_ref()))
-                    .as_ref(),
-                self.spool_dir.as_deref(),
-                self.stats_file.as_deref(),
-                store,
-            ),
+            policy,
         }
+    }
+
+    pub fn log_repeat_window(&self) -> anyhow::Result<Duration> {
+        seconds(self.log_repeat_window, "log-repeat-window")
     }
 
     pub fn device_config(&self) -> DeviceConfig {

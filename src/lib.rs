@@ -5,6 +5,8 @@ pub mod cache;
 pub mod config;
 pub mod fs;
 pub mod fuse;
+pub mod log_limit;
+pub mod metrics;
 pub mod notify;
 pub mod proto;
 pub mod sandbox;

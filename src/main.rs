@@ -16,6 +16,7 @@ use tvix_virtiofsd::cache::{CachedStore, StatsReporter};
 use tvix_virtiofsd::config::Cli;
 use tvix_virtiofsd::fs::StoreFs;
 use tvix_virtiofsd::fuse::FuseMount;
+use tvix_virtiofsd::metrics::{self, MeteredFs, MetricsFile, MetricsListener};
 use tvix_virtiofsd::notify::Notifier;
 use tvix_virtiofsd::sandbox;
 use tvix_virtiofsd::store::{StoreClient, StoreError};
@@ -29,6 +30,7 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     init_logging(&cli.log_level)?;
+    tvix_virtiofsd::log_limit::set_window(cli.log_repeat_window()?);
     // systemd's NOTIFY_SOCKET (Type=notify): READY=1 only once serving.
     let notify = Notifier::from_env();
 
@@ -48,6 +50,15 @@ fn main() -> anyhow::Result<()> {
         // SAFETY: the caller handed us this descriptor to own (--fd).
         (None, None, Some(fd)) => Transport::VhostUser(unsafe { UnixListener::from_raw_fd(fd) }),
         (None, None, None) => unreachable!("clap requires one of --socket-path, --fd, --mount"),
+    };
+    // Bound before the sandbox, which allows accepting only (after the
+    // mount, so that the unmount helper does not inherit the socket).
+    let metrics_listener = match &cli.metrics_listen {
+        Some(address) => Some(
+            MetricsListener::bind(address)
+                .with_context(|| format!("listening for metrics on {address}"))?,
+        ),
+        None => None,
     };
     // From here on, for every thread: no capabilities, no_new_privs, the
     // seccomp allowlist, and (Landlock) only the cache, spool and stats
@@ -82,7 +93,17 @@ fn main() -> anyhow::Result<()> {
         tracing::info!(dir = %disk.root().display(), bound = cli.disk_cache_size, "disk cache");
     }
     let stats = StatsReporter::start(store.stats().clone(), cli.stats_file.clone());
+    metrics::global().watch_cache(store.clone());
     let fs = Arc::new(StoreFs::new(fs_config, store));
+    metrics::global().watch_fs(fs.clone());
+    let fs = Arc::new(MeteredFs::new(fs));
+    if let (Some(listener), Some(address)) = (metrics_listener, &cli.metrics_listen) {
+        listener
+            .serve(runtime.handle())
+            .context("serving the metrics")?;
+        tracing::info!(%address, "serving metrics");
+    }
+    let metrics_file = MetricsFile::start(cli.metrics_file.clone());
 
     let listener = match transport {
         Transport::VhostUser(listener) => listener,
@@ -107,6 +128,7 @@ fn main() -> anyhow::Result<()> {
                 tracing::info!("unmounted");
             }
             stats.finish();
+            metrics_file.finish();
             return Ok(());
         }
     };
@@ -127,6 +149,7 @@ fn main() -> anyhow::Result<()> {
         if !cli.persistent {
             notify.stopping("VMM disconnected; exiting");
             stats.finish();
+            metrics_file.finish();
             return Ok(());
         }
         notify.status(&format!(

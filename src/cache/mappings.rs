@@ -124,6 +124,7 @@ impl PrivateMappings {
     fn reject(&self, kind: MappingKind, key: &[u8]) {
         let path = self.path(kind, key);
         tracing::error!(path = %path.display(), "private mapping failed its checksum; removed, will ask the store again");
+        crate::metrics::mapping_rejected(kind);
         self.stats
             .verification_failures
             .fetch_add(1, Ordering::Relaxed);

@@ -23,9 +23,9 @@ mod eviction;
 mod fetch;
 mod files;
 mod layout;
-mod mappings;
+pub(crate) mod mappings;
 mod metadata;
-mod objects;
+pub(crate) mod objects;
 mod outboard;
 mod readahead;
 mod reader;
@@ -248,6 +248,14 @@ impl CachedStore {
         self.objects.as_deref()
     }
 
+    /// Bytes held by the memory caches now (their weights), for metrics.
+    pub fn memory_bytes(&self) -> u64 {
+        self.chunks.weight()
+            + self.directories.weight()
+            + self.chunk_lists.weight()
+            + self.path_infos.weight()
+    }
+
     /// Runs a store call from a filesystem thread, counting it.
     fn call<T>(
         &self,
@@ -263,6 +271,7 @@ impl CachedStore {
 
     fn count_failure(&self, e: &StoreError) {
         self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::store_rejected(e);
         if e.is_corruption() {
             self.stats
                 .verification_failures

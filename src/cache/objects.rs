@@ -212,6 +212,7 @@ impl SharedObjects {
     pub fn reject(&self, kind: ObjectKind, digest: &B3Digest) {
         let path = self.path(kind, digest);
         tracing::error!(path = %path.display(), "cache object failed verification; removed, will fetch again");
+        crate::metrics::object_rejected(kind);
         self.stats
             .verification_failures
             .fetch_add(1, Ordering::Relaxed);

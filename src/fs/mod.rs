@@ -124,13 +124,10 @@ fn read_only<T>() -> io::Result<T> {
     Err(errno(libc::EROFS))
 }
 
-/// Logs a store failure with what the guest asked for, and turns it into EIO.
+/// Logs a store failure with what the guest asked for (repeats held back),
+/// and turns it into EIO.
 fn store_failure(context: &str, e: &StoreError) -> io::Error {
-    if e.is_corruption() {
-        tracing::error!(error = %e, "{context}: store sent bad data; refusing it");
-    } else {
-        tracing::error!(error = %e, "{context}: store request failed");
-    }
+    crate::log_limit::store_failure(context, e);
     errno(libc::EIO)
 }
 
@@ -152,6 +149,11 @@ impl StoreFs {
     /// Number of live inodes besides the root (for tests and stats).
     pub fn inode_count(&self) -> usize {
         self.inodes.len()
+    }
+
+    /// Number of open file and directory handles (for metrics).
+    pub fn open_handle_count(&self) -> usize {
+        self.open_files.lock().len() + self.open_dirs.lock().len()
     }
 
     fn kind(&self, inode: u64) -> io::Result<InodeKind> {

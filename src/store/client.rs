@@ -47,7 +47,7 @@ fn add_children(directory: &Directory, expected: &mut HashMap<B3Digest, u64>) {
 }
 
 /// The transport every client uses: a channel under tvix or snix names.
-type Transport = PackagePrefix<Channel>;
+type Transport = PackagePrefix<crate::metrics::MeteredChannel<Channel>>;
 
 /// Errors from talking to the store. Each names the call and the digest or
 /// store path, so a log line says what could not be served and why.
@@ -169,7 +169,7 @@ impl StoreClient {
     pub fn new(config: &StoreConfig) -> Result<Self, AddressError> {
         let transport = |addr: &StoreAddress| -> Result<Transport, AddressError> {
             Ok(PackagePrefix::new(
-                addr.channel(config.timeout, &config.tls)?,
+                crate::metrics::MeteredChannel::new(addr.channel(config.timeout, &config.tls)?),
                 config.protocol,
             ))
         };
