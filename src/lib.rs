@@ -7,6 +7,7 @@ pub mod fs;
 pub mod fuse;
 pub mod notify;
 pub mod proto;
+pub mod request_guard;
 pub mod sandbox;
 pub mod store;
 pub mod vhost_user;
