@@ -29,6 +29,7 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     init_logging(&cli.log_level)?;
+    tvix_virtiofsd::request_guard::install_panic_hook();
     // systemd's NOTIFY_SOCKET (Type=notify): READY=1 only once serving.
     let notify = Arc::new(Notifier::from_env());
 

@@ -421,6 +421,25 @@ impl<F: FileSystem> FileSystem for PanicGuard<F> {
     }
 }
 
+/// Replaces the default panic report (which, with RUST_BACKTRACE set, reads
+/// the executable to symbolize a backtrace: outside what the sandbox
+/// allows) with one log line: thread, source location and message.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))
+            .unwrap_or_default();
+        tracing::error!(
+            thread = thread.name().unwrap_or("(unnamed)"),
+            %location,
+            panic = panic_message(info.payload()),
+            "panic"
+        );
+    }));
+}
+
 /// Ends the process at once when a serving thread is about to die anyway
 /// (a panic outside any request): a daemon serving with fewer threads than
 /// it has queues leaves a guest hanging, and a non-zero exit lets systemd
