@@ -7,6 +7,8 @@
 mod common;
 #[path = "common/fuse_guest.rs"]
 mod fuse_guest;
+// Each test uses the part of the test VMM that it needs.
+#[allow(dead_code)]
 #[path = "common/vhost_frontend.rs"]
 mod vhost_frontend;
 

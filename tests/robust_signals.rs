@@ -2,6 +2,8 @@
 //! socket removed, whether it waits for a VMM or serves one.
 
 mod common;
+// Each test uses the part of the test VMM that it needs.
+#[allow(dead_code)]
 #[path = "common/vhost_frontend.rs"]
 mod vhost_frontend;
 
