@@ -1,7 +1,8 @@
 //! A malicious guest through the test VMM (vhost-user, no QEMU): opens
 //! without releasing, FORGET games, a READ through aliased indirect
-//! descriptors, a second INIT. The daemon answers every request, stays within its bounds (handles, inodes,
-//! READ size, resident memory from /proc), and keeps serving.
+//! descriptors, a second INIT. The daemon answers every request, stays
+//! within its bounds (handles, inodes, READ size, resident memory from
+//! /proc), and keeps serving.
 
 mod common;
 #[path = "common/fuse_guest.rs"]
