@@ -40,6 +40,8 @@ pub enum Access {
     Files,
     /// `Files` plus directories and renames between them (disk cache).
     Tree,
+    /// Only remove files (the vhost-user socket at a clean stop).
+    RemoveFiles,
 }
 
 impl Access {
@@ -54,6 +56,7 @@ impl Access {
             Access::ReadOnly => read,
             Access::Files => files,
             Access::Tree => files | AccessFs::MakeDir | AccessFs::RemoveDir | AccessFs::Refer,
+            Access::RemoveFiles => AccessFs::RemoveFile.into(),
         }
     }
 }

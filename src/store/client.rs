@@ -14,6 +14,8 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 use super::address::{AddressError, StoreAddress, TlsSettings};
+use super::chunk_list::validate_chunk_list;
+use super::deadline::CallDeadline;
 use super::digest::B3Digest;
 use super::directory::{
     directory_digest, validate_directory, validate_node, DirEntry, Directory, ValidationError,
@@ -75,6 +77,16 @@ pub enum StoreError {
         call: &'static str,
         subject: String,
         timeout: Duration,
+    },
+    #[error(
+        "{call} {subject}: the store sent {received} bytes in {elapsed:?}, slower than the \
+         minimum rate (--store-min-rate); given up"
+    )]
+    TooSlow {
+        call: &'static str,
+        subject: String,
+        received: u64,
+        elapsed: Duration,
     },
     #[error("directory {digest}: not found in the store")]
     DirectoryNotFound { digest: B3Digest },
@@ -141,6 +153,9 @@ pub struct StoreConfig {
     pub protocol: StoreProtocol,
     /// Bound on connecting, on each answer and on each streamed message.
     pub timeout: Duration,
+    /// Bytes per second a streaming call must deliver on average beyond
+    /// `timeout`: the whole call ends by `timeout + bytes / min_rate`.
+    pub min_rate: u64,
     /// CA and client identity for `grpc+https://` addresses.
     pub tls: TlsSettings,
 }
@@ -161,6 +176,7 @@ pub struct StoreClient {
     path_infos: PathInfoServiceClient<Transport>,
     protocol: StoreProtocol,
     timeout: Duration,
+    min_rate: u64,
 }
 
 impl StoreClient {
@@ -182,6 +198,7 @@ impl StoreClient {
                 .max_decoding_message_size(MAX_MESSAGE_SIZE),
             protocol: config.protocol,
             timeout: config.timeout,
+            min_rate: config.min_rate,
         })
     }
 
@@ -197,6 +214,35 @@ impl StoreClient {
             .map(|_| ())
     }
 
+    /// A deadline for a streaming call starting now.
+    fn deadline(&self) -> CallDeadline {
+        CallDeadline::start(self.timeout, self.min_rate)
+    }
+
+    /// Awaits `fut` for at most the configured timeout and at most until
+    /// the whole call's `deadline`.
+    async fn bounded_within<T>(
+        &self,
+        call: &'static str,
+        subject: &(dyn std::fmt::Display + Sync),
+        deadline: &CallDeadline,
+        fut: impl Future<Output = Result<T, tonic::Status>>,
+    ) -> Result<T> {
+        let per_message = tokio::time::Instant::now() + self.timeout;
+        if deadline.at() < per_message {
+            if let Ok(answer) = tokio::time::timeout_at(deadline.at(), fut).await {
+                return self.answer(call, subject, answer);
+            }
+            return Err(StoreError::TooSlow {
+                call,
+                subject: subject.to_string(),
+                received: deadline.received(),
+                elapsed: deadline.elapsed(),
+            });
+        }
+        self.bounded(call, subject, fut).await
+    }
+
     /// Awaits `fut` for at most the configured timeout.
     async fn bounded<T>(
         &self,
@@ -205,27 +251,37 @@ impl StoreClient {
         fut: impl Future<Output = Result<T, tonic::Status>>,
     ) -> Result<T> {
         match tokio::time::timeout(self.timeout, fut).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(status)) if status.code() == Code::Unimplemented => {
-                Err(StoreError::WrongProtocol {
-                    call,
-                    subject: subject.to_string(),
-                    protocol: self.protocol,
-                    message: match status.message() {
-                        "" => status.code().to_string(),
-                        m => m.to_string(),
-                    },
-                })
-            }
-            Ok(Err(status)) => Err(StoreError::Rpc {
-                call,
-                subject: subject.to_string(),
-                status,
-            }),
+            Ok(answer) => self.answer(call, subject, answer),
             Err(_) => Err(StoreError::Timeout {
                 call,
                 subject: subject.to_string(),
                 timeout: self.timeout,
+            }),
+        }
+    }
+
+    /// The store's answer, its status turned into a [`StoreError`].
+    fn answer<T>(
+        &self,
+        call: &'static str,
+        subject: &(dyn std::fmt::Display + Sync),
+        answer: Result<T, tonic::Status>,
+    ) -> Result<T> {
+        match answer {
+            Ok(v) => Ok(v),
+            Err(status) if status.code() == Code::Unimplemented => Err(StoreError::WrongProtocol {
+                call,
+                subject: subject.to_string(),
+                protocol: self.protocol,
+                message: match status.message() {
+                    "" => status.code().to_string(),
+                    m => m.to_string(),
+                },
+            }),
+            Err(status) => Err(StoreError::Rpc {
+                call,
+                subject: subject.to_string(),
+                status,
             }),
         }
     }
@@ -280,10 +336,17 @@ impl StoreClient {
             .await?
             .into_inner();
         let mut entries = Vec::new();
+        let mut deadline = self.deadline();
         while let Some(info) = self
-            .bounded("PathInfoService.List", &subject, stream.message())
+            .bounded_within(
+                "PathInfoService.List",
+                &subject,
+                &deadline,
+                stream.message(),
+            )
             .await?
         {
+            deadline.credit(info.encoded_len() as u64);
             let entry = info
                 .node
                 .as_ref()
@@ -338,8 +401,9 @@ impl StoreClient {
             .await
             .map_err(not_found)?
             .into_inner();
+        let mut deadline = self.deadline();
         let first = self
-            .bounded(call, digest, stream.message())
+            .bounded_within(call, digest, &deadline, stream.message())
             .await
             .map_err(not_found)?
             .ok_or(StoreError::DirectoryNotFound { digest: *digest })?;
@@ -354,10 +418,14 @@ impl StoreClient {
         let mut expected: HashMap<B3Digest, u64> = HashMap::new();
         let mut received: HashSet<B3Digest> = HashSet::from([*digest]);
         let mut bytes = first.encoded_len();
+        deadline.credit(bytes as u64);
         add_children(&root, &mut expected);
         let mut out = vec![(root, Bytes::from(first.encode_to_vec()))];
         while out.len() < limit && bytes < MAX_PREFETCH_BYTES {
-            let next = match self.bounded(call, digest, stream.message()).await {
+            let next = match self
+                .bounded_within(call, digest, &deadline, stream.message())
+                .await
+            {
                 Ok(Some(next)) => next,
                 Ok(None) => break,
                 Err(e) => {
@@ -365,6 +433,7 @@ impl StoreClient {
                     break;
                 }
             };
+            deadline.credit(next.encoded_len() as u64);
             let child = directory_digest(&next);
             if received.contains(&child) {
                 continue;
@@ -403,36 +472,10 @@ impl StoreClient {
             .await
             .map_err(|e| e.not_found_as(|| StoreError::BlobNotFound { digest: *digest }))?
             .into_inner();
-        if answer.chunks.len() <= 1 {
-            return Ok(Vec::new());
-        }
-        let invalid = |reason: String| StoreError::InvalidChunkList {
+        validate_chunk_list(&answer.chunks, size).map_err(|reason| StoreError::InvalidChunkList {
             digest: *digest,
             reason,
-        };
-        let mut offset = 0u64;
-        let mut chunks = Vec::with_capacity(answer.chunks.len());
-        for (i, meta) in answer.chunks.iter().enumerate() {
-            let chunk_digest = B3Digest::try_from(meta.digest.as_ref())
-                .map_err(|e| invalid(format!("chunk {i}: {e}")))?;
-            if meta.size == 0 {
-                return Err(invalid(format!("chunk {i} is empty")));
-            }
-            chunks.push(Chunk {
-                digest: chunk_digest,
-                offset,
-                size: meta.size,
-            });
-            offset = offset
-                .checked_add(meta.size)
-                .ok_or_else(|| invalid("chunk sizes overflow".into()))?;
-        }
-        if offset != size {
-            return Err(invalid(format!(
-                "chunks add up to {offset} bytes, the file has {size}"
-            )));
-        }
-        Ok(chunks)
+        })
     }
 
     /// Streams the blob `digest` of `size` bytes into `sink`, hashing as it
@@ -459,12 +502,14 @@ impl StoreClient {
             .into_inner();
         let mut hasher = blake3::Hasher::new();
         let mut received = 0u64;
+        let mut deadline = self.deadline();
         while let Some(piece) = self
-            .bounded(call, digest, stream.message())
+            .bounded_within(call, digest, &deadline, stream.message())
             .await
             .map_err(not_found)?
         {
             received += piece.data.len() as u64;
+            deadline.credit(piece.data.len() as u64);
             if received > size {
                 return Err(StoreError::BlobSizeMismatch {
                     digest: *digest,

@@ -2,7 +2,9 @@
 //! everything the store sends, and the calls the filesystem needs.
 
 pub mod address;
+pub mod chunk_list;
 pub mod client;
+pub mod deadline;
 pub mod digest;
 pub mod directory;
 pub mod nixbase32;
