@@ -108,20 +108,10 @@ flags=$( (
   grep -ohE -- '"--[a-z][a-z-]+"' nixos-module.nix systemd/nixos/*.nix tests/nixos/eval-module.nix | tr -d '"'
 ) | sort -u)
 [ "$(wc -w <<<"$flags")" -gt 10 ] || fail "found too few flags: $flags"
-# Flags the module passes that are added to the daemon alongside it
-# (--instance: per-instance cache mappings; --metrics-*: Prometheus
-# metrics). While the binary lacks one it is reported, not failed; any other
-# unknown flag fails.
-pending=" --instance --metrics-listen --metrics-file "
 known=0
 for f in $flags; do
-  if grep -qE -- "(^|[ ,])$f([ ,=]|$)" <<<"$help"; then
-    known=$((known + 1))
-  elif [[ $pending == *" $f "* ]]; then
-    echo "flags: $f not in this binary yet (added alongside the module)" >&2
-  else
-    fail "$f is not a flag of tvix-virtiofsd"
-  fi
+  grep -qE -- "(^|[ ,])$f([ ,=]|$)" <<<"$help" || fail "$f is not a flag of tvix-virtiofsd"
+  known=$((known + 1))
 done
 echo "flags: $known of $(wc -w <<<"$flags") known to the binary"
 
