@@ -83,10 +83,17 @@ fn large_unchunked_blobs_with_a_disk_cache_in_kill_mode() {
     assert!(daemon.stop(), "did not unmount cleanly");
 
     // A cache without eviction pressure, filled and then read from with
-    // the store gone.
+    // the store gone, by one instance (its mappings are its own).
     let offline_cache = scratch("kill-offline-cache");
     let offline_arg = offline_cache.display().to_string();
-    let offline_args = ["--seccomp", "kill", "--cache-dir", offline_arg.as_str()];
+    let offline_args = [
+        "--seccomp",
+        "kill",
+        "--cache-dir",
+        offline_arg.as_str(),
+        "--instance",
+        "vm1",
+    ];
     let (name, data) = &files[0];
     let path_name = fixture.store_path(name);
     let mut filling = Daemon::mount(&fixture.address(), &offline_args);
