@@ -31,6 +31,7 @@ const CHECKS: &[&str] = &[
     "journal_lines",
     "package_reinstall_keeps_instance",
     "kill9_restarted",
+    "second_instance_isolated",
     "stop_clean",
     "socket_activation_starts",
     "socket_activation_exit0",

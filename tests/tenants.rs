@@ -62,10 +62,14 @@ fn sandbox_of(
     cache: &Path,
     instance: &str,
 ) -> (CacheLayout, tvix_virtiofsd::sandbox::LandlockPolicy) {
+    // The daemon may remove its own socket: a directory beside the cache.
+    let runtime = cache.with_extension(format!("{instance}-run"));
+    std::fs::create_dir_all(&runtime).unwrap();
+    let socket = runtime.join("vhost-user.sock");
     let cli = Cli::parse_from([
         "tvix-virtiofsd",
         "--socket-path",
-        "/nonexistent/sock",
+        socket.to_str().unwrap(),
         "--store",
         "grpc+unix:///nonexistent/store.sock",
         "--cache-dir",

@@ -185,6 +185,25 @@ kill9_restarted() {
   echo "pid $old -> $(prop "$SERVICE" MainPID), NRestarts $(prop "$SERVICE" NRestarts)"
 }
 
+# A second instance's mount view holds neither the first's socket nor its
+# private mappings (TemporaryFileSystem= + BindPaths=), only its own and the
+# shared objects.
+second_instance_isolated() {
+  local other=tvix-virtiofsd@vm2.service pid root
+  systemctl start "$other" || return 1
+  wait_until 60 is_state "$other" active || fail_with "$other $(prop "$other" ActiveState)"
+  pid=$(prop "$other" MainPID)
+  root=/proc/$pid/root
+  [ -S "$root/run/tvix-virtiofsd/vm2/vhost-user.sock" ] || fail_with "vm2 does not see its own socket"
+  [ -d "$root/var/cache/tvix-virtiofsd/v2/objects" ] || fail_with "vm2 does not see the shared objects"
+  [ -S "/run/tvix-virtiofsd/$INSTANCE/vhost-user.sock" ] || fail_with "the host view lacks $INSTANCE's socket"
+  [ -d "/var/cache/tvix-virtiofsd/v2/instances/$INSTANCE" ] || fail_with "the host view lacks $INSTANCE's mappings"
+  [ ! -e "$root/run/tvix-virtiofsd/$INSTANCE" ] || fail_with "vm2 sees $INSTANCE's socket directory"
+  [ ! -e "$root/var/cache/tvix-virtiofsd/v2/instances/$INSTANCE" ] || fail_with "vm2 sees $INSTANCE's mappings"
+  timeout 60 systemctl stop "$other" || return 1
+  echo "vm2 (pid $pid) sees its socket and the objects, not $INSTANCE's socket or mappings"
+}
+
 stop_clean() {
   timeout 60 systemctl stop "$SERVICE" || return 1
   is_state "$SERVICE" inactive || fail_with "state $(prop "$SERVICE" ActiveState)"
@@ -262,6 +281,7 @@ check security_score security_score
 check journal_lines journal_lines
 check package_reinstall_keeps_instance package_reinstall_keeps_instance
 check kill9_restarted kill9_restarted
+check second_instance_isolated second_instance_isolated
 check stop_clean stop_clean
 CLIENT=
 check socket_activation_starts socket_activation_starts
