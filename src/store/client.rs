@@ -14,6 +14,7 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 use super::address::{AddressError, StoreAddress, TlsSettings};
+use super::answers::{chunks_of_stat, path_info_entry};
 use super::digest::B3Digest;
 use super::directory::{
     directory_digest, validate_directory, validate_node, DirEntry, Directory, ValidationError,
@@ -249,21 +250,7 @@ impl StoreClient {
             Err(e) if e.is_not_found() => return Ok(None),
             Err(e) => return Err(e),
         };
-        let invalid = |reason: String| StoreError::InvalidPathInfo {
-            name: shown.to_string(),
-            reason,
-        };
-        let node = info.node.ok_or_else(|| invalid("no node".into()))?;
-        let entry = validate_node(&node).map_err(|e| invalid(e.to_string()))?;
-        if entry.name != name {
-            tracing::warn!(
-                asked = %shown,
-                got = %String::from_utf8_lossy(&entry.name),
-                "store answered with a path info of another name; treating as not found"
-            );
-            return Ok(None);
-        }
-        Ok(Some(entry))
+        path_info_entry(&info, name)
     }
 
     /// Lists every store path (PathInfoService.List), up to `limit` entries.
@@ -403,36 +390,7 @@ impl StoreClient {
             .await
             .map_err(|e| e.not_found_as(|| StoreError::BlobNotFound { digest: *digest }))?
             .into_inner();
-        if answer.chunks.len() <= 1 {
-            return Ok(Vec::new());
-        }
-        let invalid = |reason: String| StoreError::InvalidChunkList {
-            digest: *digest,
-            reason,
-        };
-        let mut offset = 0u64;
-        let mut chunks = Vec::with_capacity(answer.chunks.len());
-        for (i, meta) in answer.chunks.iter().enumerate() {
-            let chunk_digest = B3Digest::try_from(meta.digest.as_ref())
-                .map_err(|e| invalid(format!("chunk {i}: {e}")))?;
-            if meta.size == 0 {
-                return Err(invalid(format!("chunk {i} is empty")));
-            }
-            chunks.push(Chunk {
-                digest: chunk_digest,
-                offset,
-                size: meta.size,
-            });
-            offset = offset
-                .checked_add(meta.size)
-                .ok_or_else(|| invalid("chunk sizes overflow".into()))?;
-        }
-        if offset != size {
-            return Err(invalid(format!(
-                "chunks add up to {offset} bytes, the file has {size}"
-            )));
-        }
-        Ok(chunks)
+        chunks_of_stat(digest, size, &answer)
     }
 
     /// Streams the blob `digest` of `size` bytes into `sink`, hashing as it
