@@ -14,6 +14,8 @@ scripts/vm/build-guest.sh
 # the integration tests spawn it.
 cargo build --locked --workspace --bins
 cargo test --locked --workspace --all-targets
+# Every fuzz target briefly on its seed corpus (docs/fuzzing.md).
+scripts/fuzz-smoke.sh
 # Deployment files: systemd units (verify, exposure), NixOS module (eval).
 scripts/check-deploy.sh
 # The benchmark harness must keep working: a tiny run of it.
