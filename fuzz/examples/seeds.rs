@@ -62,7 +62,7 @@ async fn store_seeds(corpus: &Path, address: &str, names: &[String]) -> anyhow::
     let mut roots = Vec::new();
     for name in names {
         write_seed(corpus, "store_path", name.as_bytes())?;
-        let hash = store_path::parse(name.as_bytes()).with_context(|| format!("{name}"))?;
+        let hash = store_path::parse(name.as_bytes()).with_context(|| name.clone())?;
         let info = store
             .path_infos
             .get(GetPathInfoRequest {
