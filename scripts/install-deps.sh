@@ -10,13 +10,20 @@
 #   gcc pkg-config           C parts of crates (blake3's assembly)
 #   g++                      libFuzzer, for the fuzz targets (fuzz/)
 #   the shellcheck linter    checks the scripts (scripts/test.sh)
+#   debootstrap e2fsprogs    the systemd test guest's Debian 12 root disk
+#   initramfs-tools          and its initramfs (scripts/systemd-guest/)
 #
-# Rust itself (cargo, rustc, rustfmt, clippy) is expected from rustup.
+# Rust itself (cargo, rustc, rustfmt, clippy) is expected from rustup;
+# cargo-deb (the Debian package) is installed, pinned, by scripts/build-deb.sh.
 set -euo pipefail
+# nix-bin: nix-instantiate, which evaluates the NixOS module, package.nix and
+# flake.nix with the nixpkgs library (scripts/check-nix.sh).
+nix_packages=(nix-bin)
 
-packages=(qemu-system-x86 busybox-static cpio linux-image-cloud-amd64 fuse3 gcc g++ pkg-config shellcheck)
+packages=(qemu-system-x86 busybox-static cpio linux-image-cloud-amd64 fuse3 gcc g++ pkg-config shellcheck
+  debootstrap e2fsprogs initramfs-tools)
 missing=()
-for p in "${packages[@]}"; do
+for p in "${packages[@]}" "${nix_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then

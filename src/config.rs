@@ -2,13 +2,14 @@
 //! meaning is the same (`--socket-path`, `--fd`, `--thread-pool-size`,
 //! `--log-level`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{ArgGroup, Parser};
 
-use crate::cache::CacheConfig;
-use crate::fs::{CachePolicy, FsConfig};
+use crate::cache::{CacheConfig, CacheLayout, InstanceName};
+use crate::fs::{CachePolicy, FsConfig, GuestLimits};
+use crate::sandbox::landlock::Access;
 use crate::sandbox::{LandlockMode, LandlockPolicy, SandboxConfig, SeccompMode};
 use crate::store::{StoreAddress, StoreConfig, StoreProtocol, TlsSettings};
 use crate::vhost_user::DeviceConfig;
@@ -62,6 +63,12 @@ pub struct Cli {
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     pub store_timeout: f64,
 
+    /// Bytes per second a store call must deliver on average (suffixes K,
+    /// M, G): a call expecting N bytes fails after --store-timeout plus
+    /// N / this, however the store spaces its messages.
+    #[arg(long, value_name = "SIZE", default_value = "1M", value_parser = parse_size)]
+    pub store_min_rate: u64,
+
     /// CA certificate (PEM) to trust for grpc+https:// stores instead of the
     /// system roots.
     #[arg(long, value_name = "FILE")]
@@ -79,6 +86,21 @@ pub struct Cli {
     /// root lists as empty, but every store path can still be opened by name.
     #[arg(long)]
     pub list_root: bool,
+
+    /// Open file and directory handles the guest may hold at once; more
+    /// opens get ENFILE.
+    #[arg(long, value_name = "N", default_value_t = GuestLimits::default().max_open_handles)]
+    pub max_open_handles: usize,
+
+    /// Inodes the guest may hold at once (what its dentry cache refers
+    /// to); more lookups get ENOMEM.
+    #[arg(long, value_name = "N", default_value_t = GuestLimits::default().max_inodes)]
+    pub max_inodes: usize,
+
+    /// Seconds one root listing (--list-root) serves every OPENDIR of the
+    /// root before the store is asked again.
+    #[arg(long, value_name = "SECS", default_value_t = GuestLimits::default().root_listing_ttl.as_secs_f64())]
+    pub root_listing_ttl: f64,
 
     /// Request queues of the virtio-fs device (plus one high-priority queue).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
@@ -128,6 +150,14 @@ pub struct Cli {
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
 
+    /// This daemon's name among those sharing --cache-dir (systemd units
+    /// pass %i): its store path and chunk-list mappings are kept in
+    /// DIR/v2/instances/NAME, which no other instance reads or writes.
+    /// Without it, mappings stay in memory and only the shared objects
+    /// (DIR/v2/objects) are kept on disk.
+    #[arg(long, value_name = "NAME")]
+    pub instance: Option<InstanceName>,
+
     /// Bound of the disk cache directory as a whole (suffixes K, M, G).
     #[arg(long, value_name = "SIZE", default_value = "10G", value_parser = parse_size)]
     pub disk_cache_size: u64,
@@ -146,6 +176,21 @@ pub struct Cli {
     /// second while they change and at exit.
     #[arg(long, value_name = "FILE")]
     pub stats_file: Option<PathBuf>,
+
+    /// Serve Prometheus metrics (GET /metrics) on this unix socket path or
+    /// TCP host:port. Bound at start-up, before the sandbox.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<crate::metrics::MetricsAddress>,
+
+    /// Write Prometheus metrics to this file (node_exporter textfile),
+    /// replaced atomically every 5 seconds and at exit.
+    #[arg(long, value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
+
+    /// Seconds within which a repeated error (same operation, digest or
+    /// store path, and error) is logged once, with a count of the others.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    pub log_repeat_window: f64,
 
     /// Log level: error, warn, info, debug, trace (RUST_LOG overrides).
     #[arg(long, default_value = "info")]
@@ -198,6 +243,7 @@ impl Cli {
             path_info_service: pick(&self.path_info_service_addr, "path-info-service")?,
             protocol: self.store_protocol,
             timeout: seconds(self.store_timeout, "store-timeout")?,
+            min_rate: self.store_min_rate.max(1),
             tls: TlsSettings {
                 ca: self.store_ca.clone(),
                 cert: self.store_cert.clone(),
@@ -216,6 +262,11 @@ impl Cli {
             },
             negative_root_timeout: seconds(self.negative_timeout, "negative-timeout")?,
             readahead_chunks: self.readahead_chunks,
+            limits: GuestLimits {
+                max_open_handles: self.max_open_handles,
+                max_inodes: self.max_inodes,
+                root_listing_ttl: seconds(self.root_listing_ttl, "root-listing-ttl")?,
+            },
         })
     }
 
@@ -223,6 +274,7 @@ impl Cli {
         Ok(CacheConfig {
             memory_bytes: self.memory_cache_size,
             disk_dir: self.cache_dir.clone(),
+            instance: self.instance.clone(),
             disk_bytes: self.disk_cache_size,
             negative_ttl: seconds(self.negative_timeout, "negative-timeout")?,
             readahead_chunks: self.readahead_chunks,
@@ -232,16 +284,34 @@ impl Cli {
 
     /// What the sandbox allows once start-up is done.
     pub fn sandbox_config(&self, store: &StoreConfig) -> SandboxConfig {
+        let mut policy = LandlockPolicy::for_daemon(
+            self.cache_dir
+                .as_deref()
+                .map(|dir| CacheLayout::new(dir, self.instance.as_ref()))
+                .as_ref(),
+            self.spool_dir.as_deref(),
+            self.stats_file.as_deref(),
+            store,
+        );
+        crate::metrics::textfile::allow_in_sandbox(&mut policy, self.metrics_file.as_deref());
+        // SIGTERM removes the socket it listens on (not one inherited).
+        if let Some(dir) = self.socket_path.as_deref().and_then(Path::parent) {
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
+            policy.allow(dir, Access::RemoveFiles);
+        }
         SandboxConfig {
             seccomp: self.seccomp,
             landlock: self.landlock,
-            policy: LandlockPolicy::for_daemon(
-                self.cache_dir.as_deref(),
-                self.spool_dir.as_deref(),
-                self.stats_file.as_deref(),
-                store,
-            ),
+            policy,
         }
+    }
+
+    pub fn log_repeat_window(&self) -> anyhow::Result<Duration> {
+        seconds(self.log_repeat_window, "log-repeat-window")
     }
 
     pub fn device_config(&self) -> DeviceConfig {

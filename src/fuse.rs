@@ -13,6 +13,7 @@ use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::transport::{FuseChannel, FuseSession};
 use tokio::sync::watch;
 
+use crate::request_guard::{note_panic, serve_or_exit, PanicGuard};
 use crate::sandbox::unmount::UnmountHelper;
 use crate::sandbox::SeccompMode;
 
@@ -94,7 +95,7 @@ impl FuseMount {
         fs: Arc<F>,
         threads: usize,
     ) -> Result<(), FuseError> {
-        let server = Arc::new(Server::new(fs));
+        let server = Arc::new(Server::new(Arc::new(PanicGuard::new(fs))));
         for i in 0..threads.max(1) {
             let channel = self
                 .session
@@ -106,8 +107,12 @@ impl FuseMount {
             let worker = thread::Builder::new()
                 .name(format!("fuse-{i}"))
                 .spawn(move || {
-                    let _live = live;
-                    serve_channel(&server, channel, &stopping)
+                    // A worker that dies while the others serve must not
+                    // look like an unmount: the process ends instead.
+                    serve_or_exit(&format!("fuse-{i}"), || {
+                        serve_channel(&server, channel, &stopping)
+                    });
+                    drop(live);
                 })
                 .map_err(|e| FuseError::Spawn(e.to_string()))?;
             self.workers.push(worker);
@@ -208,14 +213,26 @@ impl Drop for LiveWorker {
 }
 
 fn serve_channel<F: FileSystem + Send + Sync>(
-    server: &Server<Arc<F>>,
+    server: &Server<Arc<PanicGuard<Arc<F>>>>,
     mut channel: FuseChannel,
     stopping: &AtomicBool,
 ) {
     loop {
         match channel.get_request() {
             Ok(Some((reader, writer))) => {
-                if let Err(e) = server.handle_message(reader, writer.into(), None, None) {
+                let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    server.handle_message(reader, writer.into(), None, None)
+                }));
+                let result = match handled {
+                    Ok(result) => result,
+                    Err(payload) => {
+                        // Outside the filesystem (decoding the request):
+                        // no reply can be written, but the worker goes on.
+                        note_panic("(decoding a FUSE request)", payload.as_ref());
+                        continue;
+                    }
+                };
+                if let Err(e) = result {
                     match e {
                         // The kernel went away (unmounted): we are done.
                         fuse_backend_rs::Error::EncodeMessage(ref io)

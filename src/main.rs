@@ -16,6 +16,7 @@ use tvix_virtiofsd::cache::{CachedStore, StatsReporter};
 use tvix_virtiofsd::config::Cli;
 use tvix_virtiofsd::fs::StoreFs;
 use tvix_virtiofsd::fuse::FuseMount;
+use tvix_virtiofsd::metrics::{self, MeteredFs, MetricsFile, MetricsListener};
 use tvix_virtiofsd::notify::Notifier;
 use tvix_virtiofsd::sandbox;
 use tvix_virtiofsd::store::{StoreClient, StoreError};
@@ -29,8 +30,10 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     init_logging(&cli.log_level)?;
+    tvix_virtiofsd::log_limit::set_window(cli.log_repeat_window()?);
+    tvix_virtiofsd::request_guard::install_panic_hook();
     // systemd's NOTIFY_SOCKET (Type=notify): READY=1 only once serving.
-    let notify = Notifier::from_env();
+    let notify = Arc::new(Notifier::from_env());
 
     let store_config = cli.store_config()?;
     let fs_config = cli.fs_config()?;
@@ -48,6 +51,15 @@ fn main() -> anyhow::Result<()> {
         // SAFETY: the caller handed us this descriptor to own (--fd).
         (None, None, Some(fd)) => Transport::VhostUser(unsafe { UnixListener::from_raw_fd(fd) }),
         (None, None, None) => unreachable!("clap requires one of --socket-path, --fd, --mount"),
+    };
+    // Bound before the sandbox, which allows accepting only (after the
+    // mount, so that the unmount helper does not inherit the socket).
+    let metrics_listener = match &cli.metrics_listen {
+        Some(address) => Some(
+            MetricsListener::bind(address)
+                .with_context(|| format!("listening for metrics on {address}"))?,
+        ),
+        None => None,
     };
     // From here on, for every thread: no capabilities, no_new_privs, the
     // seccomp allowlist, and (Landlock) only the cache, spool and stats
@@ -81,8 +93,21 @@ fn main() -> anyhow::Result<()> {
     if let Some(disk) = store.disk() {
         tracing::info!(dir = %disk.root().display(), bound = cli.disk_cache_size, "disk cache");
     }
-    let stats = StatsReporter::start(store.stats().clone(), cli.stats_file.clone());
+    let stats = Arc::new(StatsReporter::start(
+        store.stats().clone(),
+        cli.stats_file.clone(),
+    ));
+    metrics::global().watch_cache(store.clone());
     let fs = Arc::new(StoreFs::new(fs_config, store));
+    metrics::global().watch_fs(fs.clone());
+    let fs = Arc::new(MeteredFs::new(fs));
+    if let (Some(listener), Some(address)) = (metrics_listener, &cli.metrics_listen) {
+        listener
+            .serve(runtime.handle())
+            .context("serving the metrics")?;
+        tracing::info!(%address, "serving metrics");
+    }
+    let metrics_file = MetricsFile::start(cli.metrics_file.clone());
 
     let listener = match transport {
         Transport::VhostUser(listener) => listener,
@@ -107,6 +132,7 @@ fn main() -> anyhow::Result<()> {
                 tracing::info!("unmounted");
             }
             stats.finish();
+            metrics_file.finish();
             return Ok(());
         }
     };
@@ -121,12 +147,20 @@ fn main() -> anyhow::Result<()> {
         (None, fd) => format!("inherited fd {}", fd.unwrap_or(-1)),
     };
     notify.ready(&format!("waiting for the VMM on {listening_on}"));
+    // The queue threads serve until the VMM goes; SIGTERM or SIGINT ends
+    // the process from here, cleanly: counters written, socket removed.
+    runtime.spawn(stop_on_termination(
+        cli.socket_path.clone(),
+        notify.clone(),
+        stats.clone(),
+    ));
     loop {
         server.serve_one()?;
         tracing::info!("VMM disconnected");
         if !cli.persistent {
             notify.stopping("VMM disconnected; exiting");
             stats.finish();
+            metrics_file.finish();
             return Ok(());
         }
         notify.status(&format!(
@@ -142,12 +176,34 @@ enum Transport {
 }
 
 /// Listens on the vhost-user socket `path`, replacing a stale socket file.
-/// The file stays after exit (the sandbox may not remove files there); the
-/// next start replaces it.
+/// A stop on SIGTERM removes it (the sandbox allows just that there); after
+/// a crash the next start replaces it.
 fn listen(path: &Path) -> anyhow::Result<UnixListener> {
     let _ = std::fs::remove_file(path);
     UnixListener::bind(path)
         .with_context(|| format!("listening on vhost-user socket {}", path.display()))
+}
+
+/// Waits for SIGTERM or SIGINT in vhost-user mode, then exits 0 after
+/// removing the socket we listen on (`socket`; not an inherited one).
+async fn stop_on_termination(
+    socket: Option<std::path::PathBuf>,
+    notify: Arc<Notifier>,
+    stats: Arc<StatsReporter>,
+) {
+    if let Err(e) = wait_for_termination().await {
+        tracing::error!(error = %e, "SIGTERM will not stop the daemon cleanly");
+        return;
+    }
+    tracing::info!("SIGTERM or SIGINT: stopping");
+    notify.stopping("stopping on a signal");
+    if let Some(path) = socket {
+        if let Err(e) = std::fs::remove_file(&path) {
+            tracing::warn!(socket = %path.display(), error = %e, "could not remove the socket");
+        }
+    }
+    stats.finish();
+    std::process::exit(0);
 }
 
 async fn wait_for_termination() -> anyhow::Result<()> {

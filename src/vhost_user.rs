@@ -13,6 +13,7 @@ use std::thread;
 
 use std::mem::size_of;
 
+use crate::request_guard::{note_panic, serve_or_exit, PanicGuard};
 use fuse_backend_rs::abi::fuse_abi::{InHeader, OutHeader};
 use fuse_backend_rs::api::filesystem::FileSystem;
 use fuse_backend_rs::api::server::Server;
@@ -37,6 +38,8 @@ use vmm_sys_util::event::{
 type Memory = GuestMemoryAtomic<GuestMemoryMmap>;
 type Vring = VringRwLock<Memory>;
 type Chain = DescriptorChain<GuestMemoryLoadGuard<GuestMemoryMmap>>;
+/// The FUSE server of a filesystem, every request answered even on a panic.
+type FsServer<F> = Server<Arc<PanicGuard<Arc<F>>>>;
 
 /// The high-priority queue (FORGET, INTERRUPT) plus this many request queues
 /// is what a virtio-fs device has.
@@ -86,7 +89,7 @@ impl WorkerPool {
                         Err(_) => return,
                     };
                     match job {
-                        Ok(job) => job(),
+                        Ok(job) => serve_or_exit("fs-worker", job),
                         Err(_) => return,
                     }
                 })?;
@@ -97,7 +100,7 @@ impl WorkerPool {
 
 /// One connection's device state. A new one is made per VMM connection.
 struct FsBackend<F: FileSystem + Send + Sync + 'static> {
-    server: Arc<Server<Arc<F>>>,
+    server: Arc<FsServer<F>>,
     config: DeviceConfig,
     pool: Option<Arc<WorkerPool>>,
     event_idx: AtomicBool,
@@ -109,7 +112,7 @@ struct FsBackend<F: FileSystem + Send + Sync + 'static> {
 /// or with the errno reply the server still managed to write; the daemon
 /// goes on.
 fn handle_chain<F: FileSystem + Send + Sync>(
-    server: &Server<Arc<F>>,
+    server: &FsServer<F>,
     mem: &GuestMemoryMmap,
     chain: Chain,
 ) -> u32 {
@@ -129,7 +132,18 @@ fn handle_chain<F: FileSystem + Send + Sync>(
             return 0;
         }
     };
-    match server.handle_message(reader, writer, None, None) {
+    let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        server.handle_message(reader, writer, None, None)
+    }));
+    let result = match handled {
+        Ok(result) => result,
+        Err(payload) => {
+            // Outside the filesystem (decoding the request): answer EIO here.
+            note_panic("(decoding a FUSE request)", payload.as_ref());
+            return reply_header.map_or(0, |slot| slot.write_error(mem, libc::EIO));
+        }
+    };
+    match result {
         Ok(len) => u32::try_from(len).unwrap_or(u32::MAX),
         Err(e) => {
             // The server answers some malformed requests with an errno and
@@ -166,6 +180,20 @@ impl ReplyHeaderSlot {
             unique: header.unique,
             before: mem.read_obj(reply.addr()).ok()?,
         })
+    }
+
+    /// Writes an errno-only reply; returns its length (0 if it could not).
+    fn write_error(&self, mem: &GuestMemoryMmap, errno: i32) -> u32 {
+        let len = size_of::<OutHeader>() as u32;
+        let header = OutHeader {
+            len,
+            error: -errno,
+            unique: self.unique,
+        };
+        match mem.write_obj(header, self.addr) {
+            Ok(()) => len,
+            Err(_) => 0,
+        }
     }
 
     /// The length of an errno-only reply written to this request, or 0.
@@ -307,6 +335,22 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserBackend for FsBackend<F> {
         vrings: &[Vring],
         thread_id: usize,
     ) -> io::Result<()> {
+        // A queue thread that died would leave its queue unserved while
+        // all looks well: a panic escaping a request ends the process.
+        serve_or_exit("vhost-user queue", || {
+            self.handle_queue_event(device_event, evset, vrings, thread_id)
+        })
+    }
+}
+
+impl<F: FileSystem + Send + Sync + 'static> FsBackend<F> {
+    fn handle_queue_event(
+        &self,
+        device_event: u16,
+        evset: EventSet,
+        vrings: &[Vring],
+        thread_id: usize,
+    ) -> io::Result<()> {
         if evset != EventSet::IN {
             return Err(io::Error::other(format!("unexpected event set {evset:?}")));
         }
@@ -348,7 +392,7 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserBackend for FsBackend<F> {
 
 /// Serves `fs` to VMMs connecting on a vhost-user socket.
 pub struct VhostUserServer<F: FileSystem + Send + Sync + 'static> {
-    server: Arc<Server<Arc<F>>>,
+    server: Arc<FsServer<F>>,
     config: DeviceConfig,
     pool: Option<Arc<WorkerPool>>,
     listener: Listener,
@@ -388,7 +432,7 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserServer<F> {
             })?)),
         };
         Ok(Self {
-            server: Arc::new(Server::new(fs)),
+            server: Arc::new(Server::new(Arc::new(PanicGuard::new(fs)))),
             config,
             pool,
             listener,

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,8 +18,18 @@ fn chunked(tree: &Path) -> Fixture {
     Fixture::start(tree, &["--chunk-size", &CHUNK_SIZE.to_string()])
 }
 
+/// A disk cache, as instance `vm1` (its private mappings included).
 fn cache_args(cache: &Path) -> Vec<String> {
-    vec!["--cache-dir".into(), cache.display().to_string()]
+    instance_args(cache, "vm1")
+}
+
+fn instance_args(cache: &Path, instance: &str) -> Vec<String> {
+    vec![
+        "--cache-dir".into(),
+        cache.display().to_string(),
+        "--instance".into(),
+        instance.into(),
+    ]
 }
 
 fn mount_with(fixture: &Fixture, args: &[String]) -> Daemon {
@@ -45,7 +54,7 @@ fn read_everything(daemon: &Daemon, fixture: &Fixture) {
 fn second_daemon_on_a_shared_cache_makes_no_content_calls() {
     let fixture = chunked(&sample_tree());
     let cache = scratch("shared-cache");
-    let mut first = mount_with(&fixture, &cache_args(&cache));
+    let mut first = mount_with(&fixture, &instance_args(&cache, "vm1"));
     read_everything(&first, &fixture);
     first.stop();
     let after_first = fixture.stats();
@@ -53,24 +62,52 @@ fn second_daemon_on_a_shared_cache_makes_no_content_calls() {
         fixture.content_calls() > MANY as u64 / 100,
         "the first daemon fetched nothing?"
     );
+    let calls =
+        |s: &std::collections::HashMap<String, u64>, call: &str| s.get(call).copied().unwrap_or(0);
 
-    let second = mount_with(&fixture, &cache_args(&cache));
+    // Another instance: the shared objects serve every byte and every
+    // Directory; its own mappings (store path -> node, blob -> chunks) it
+    // asks the store for, as many as the first instance did, plus the
+    // protocol check at start.
+    let mut second = mount_with(&fixture, &instance_args(&cache, "vm2"));
     read_everything(&second, &fixture);
+    second.stop();
     let after_second = fixture.stats();
-    for call in ["blob_stat", "blob_read", "directory_get"] {
+    for call in ["blob_read", "directory_get"] {
         assert_eq!(
-            after_first.get(call),
-            after_second.get(call),
-            "{call}: the second daemon went to the store"
+            calls(&after_first, call),
+            calls(&after_second, call),
+            "{call}: the second instance went to the store for shared content"
         );
     }
-    // One PathInfoService.Get at start, the protocol check; every store
-    // path came from the disk cache.
-    let path_infos = |s: &std::collections::HashMap<String, u64>| s.get("pathinfo_get").copied();
+    let first_lookups = calls(&after_first, "pathinfo_get") - 1;
+    assert!(first_lookups > 0);
     assert_eq!(
-        path_infos(&after_second),
-        path_infos(&after_first).map(|n| n + 1),
-        "pathinfo_get: the second daemon looked up store paths in the store"
+        calls(&after_second, "pathinfo_get") - calls(&after_first, "pathinfo_get"),
+        first_lookups + 1,
+        "pathinfo_get: one per store path and the protocol check"
+    );
+    assert_eq!(
+        calls(&after_second, "blob_stat") - calls(&after_first, "blob_stat"),
+        calls(&after_first, "blob_stat"),
+        "blob_stat: one chunk list per large file, as the first instance asked"
+    );
+
+    // The first instance again: its own mappings are still there, so only
+    // the protocol check reaches the store.
+    let third = mount_with(&fixture, &instance_args(&cache, "vm1"));
+    read_everything(&third, &fixture);
+    let after_third = fixture.stats();
+    for call in ["blob_read", "directory_get", "blob_stat"] {
+        assert_eq!(
+            calls(&after_second, call),
+            calls(&after_third, call),
+            "{call}: a restarted instance went to the store"
+        );
+    }
+    assert_eq!(
+        calls(&after_third, "pathinfo_get"),
+        calls(&after_second, "pathinfo_get") + 1
     );
 }
 
@@ -136,23 +173,6 @@ fn disk_cache_stays_within_its_bound() {
 }
 
 /// Reads a whole file with O_DIRECT (past the kernel page cache), 1 MiB at a time.
-fn read_direct(path: &Path) -> Vec<u8> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
-        .unwrap();
-    let len = file.metadata().unwrap().len();
-    let mut out = Vec::with_capacity(len as usize);
-    let mut offset = 0;
-    while offset < len {
-        let piece = read_at(&file, offset, 1 << 20).unwrap();
-        assert!(!piece.is_empty());
-        offset += piece.len() as u64;
-        out.extend_from_slice(&piece);
-    }
-    out
-}
 
 #[test]
 fn a_flipped_byte_on_disk_is_detected_and_never_served() {
@@ -168,7 +188,10 @@ fn a_flipped_byte_on_disk_is_detected_and_never_served() {
 
     // small.bin is one unchunked blob: its cache file is named by its digest.
     let digest = fixture.digest(&format!("{PKG}/{relative}"));
-    let cached = cache.join("v1/chunks").join(&digest[..2]).join(&digest);
+    let cached = cache
+        .join("v2/objects/chunks")
+        .join(&digest[..2])
+        .join(&digest);
     let flip = |path: &Path| {
         let mut bytes = std::fs::read(path).unwrap();
         let middle = bytes.len() / 2;
@@ -455,7 +478,7 @@ fn random_reads_of_a_warm_disk_read_and_verify_only_what_they_touch() {
 
     // A flipped byte in the chunk files: the group holding it fails, the
     // whole chunk is read, fails too, and is fetched again.
-    assert!(flip_all(&cache.join("v1/chunks"), 100) > 200);
+    assert!(flip_all(&cache.join("v2/objects/chunks"), 100) > 200);
     let mut daemon = mount_with(&fixture, &args);
     random_reads(&daemon, &|_| 0);
     daemon.stop();
@@ -468,7 +491,7 @@ fn random_reads_of_a_warm_disk_read_and_verify_only_what_they_touch() {
     // Flipped outboards: refused, the chunks read whole (they are fine),
     // the outboards written again.
     let content_calls = fixture.content_calls();
-    assert!(flip_all(&cache.join("v1/outboards"), 40) > 200);
+    assert!(flip_all(&cache.join("v2/objects/outboards"), 40) > 200);
     let mut daemon = mount_with(&fixture, &args);
     random_reads(&daemon, &|i| 8192 + i * 100);
     daemon.stop();
@@ -480,7 +503,7 @@ fn random_reads_of_a_warm_disk_read_and_verify_only_what_they_touch() {
     assert!(read_counters(&stats)["disk_range_reads"] >= 60);
 
     // Store down and the chunk files flipped again: EIO, never the bytes.
-    flip_all(&cache.join("v1/chunks"), 100);
+    flip_all(&cache.join("v2/objects/chunks"), 100);
     fixture.stop();
     let daemon = mount_with(&fixture, &args);
     let reader = std::fs::File::open(daemon.path(&file)).unwrap();

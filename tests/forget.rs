@@ -24,6 +24,7 @@ fn forgotten_inodes_are_freed() {
         path_info_service: address,
         protocol: StoreProtocol::Tvix,
         timeout: Duration::from_secs(10),
+        min_rate: 1 << 20,
         tls: Default::default(),
     };
     let client = {

@@ -72,14 +72,17 @@ fn counters_at_exit(daemon: &mut Daemon, stats: &Path) -> HashMap<String, u64> {
     counters
 }
 
-fn second_daemon_on_a_shared_cache_asks_the_store_nothing(kind: StoreKind, test: &str) {
+fn second_instance_on_a_shared_cache_asks_only_for_its_mappings(kind: StoreKind, test: &str) {
     let tree = sample_tree();
     let store = real_store_or_skip!(kind, test, &[&tree]);
     let cache = scratch("real-shared-cache");
     let stats_dir = scratch("real-shared-cache-stats");
 
     let first_stats = stats_dir.join("first");
-    let mut first = mount_with(&store, &args(&store, &cache, Some(&first_stats), &[]));
+    let mut first = mount_with(
+        &store,
+        &args(&store, &cache, Some(&first_stats), &["--instance", "vm1"]),
+    );
     let compared = read_everything(&first, &store);
     assert!(compared > MANY + 20, "compared only {compared} entries");
     let first_counters = counters_at_exit(&mut first, &first_stats);
@@ -95,45 +98,70 @@ fn second_daemon_on_a_shared_cache_asks_the_store_nothing(kind: StoreKind, test:
         first.log()
     );
 
-    // What the disk cache persists: path infos (the root node of each
-    // store path, checksummed), Directories, chunk lists and chunks (both
-    // content addressed). So a second daemon reading the same tree needs
-    // none of the store's content or lookup calls: `store_requests` (every
-    // RPC the cache layer makes: PathInfoService.Get, DirectoryService.Get,
-    // BlobService.Stat and Read, and List, which needs --list-root and is
-    // not used here) stays at zero. The one RPC the daemon makes anyway is
-    // its protocol check at start (a PathInfoService.Get of a store path
-    // that cannot exist, made before the cache layer and not counted in
-    // `store_requests`): a fixed cost per start, never per file.
+    // What the shared objects hold: Directories and chunks (content
+    // addressed, checked on every read). What each instance keeps for
+    // itself: path infos and chunk lists, which cannot be checked from
+    // their name. So a second instance reading the same tree asks the
+    // store for those mappings, as many as the first did, and for nothing
+    // else: `store_requests` (every RPC the cache layer makes) is exactly
+    // its PathInfoService.Get and BlobService.Stat calls; no Directory or
+    // blob byte comes from the store. The protocol check at start is made
+    // before the cache layer and not counted in `store_requests`.
     let second_stats = stats_dir.join("second");
-    let mut second = mount_with(&store, &args(&store, &cache, Some(&second_stats), &[]));
+    let mut second = mount_with(
+        &store,
+        &args(&store, &cache, Some(&second_stats), &["--instance", "vm2"]),
+    );
     assert_eq!(read_everything(&second, &store), compared);
     let counters = counters_at_exit(&mut second, &second_stats);
     eprintln!("{kind:?}, second daemon: {counters:?}");
+    let mappings = counters["store_path_info_calls"] + counters["store_chunk_list_calls"];
     assert_eq!(
         counters["store_requests"],
-        0,
-        "the second daemon went to the {kind:?} store: {counters:?}\n{}",
+        mappings,
+        "the second instance went to the {kind:?} store for content: {counters:?}\n{}",
         second.log()
+    );
+    assert_eq!(
+        counters["store_path_info_calls"], first_counters["store_path_info_calls"],
+        "{counters:?}"
+    );
+    assert_eq!(
+        counters["store_chunk_list_calls"], first_counters["store_chunk_list_calls"],
+        "{counters:?}"
     );
     assert_eq!(counters["store_bytes_fetched"], 0, "{counters:?}");
     assert_eq!(counters["verification_failures"], 0, "{counters:?}");
     assert!(counters["disk_hits"] > MANY as u64, "{counters:?}");
-}
 
-#[test]
-fn second_daemon_on_a_shared_cache_asks_a_tvix_store_nothing() {
-    second_daemon_on_a_shared_cache_asks_the_store_nothing(
-        StoreKind::Tvix,
-        "second_daemon_on_a_shared_cache_asks_a_tvix_store_nothing",
+    // The first instance again: its own mappings too come from disk.
+    let third_stats = stats_dir.join("third");
+    let mut third = mount_with(
+        &store,
+        &args(&store, &cache, Some(&third_stats), &["--instance", "vm1"]),
+    );
+    assert_eq!(read_everything(&third, &store), compared);
+    let counters = counters_at_exit(&mut third, &third_stats);
+    eprintln!("{kind:?}, first instance again: {counters:?}");
+    assert_eq!(
+        counters["store_requests"], 0,
+        "a restarted instance went to the {kind:?} store: {counters:?}"
     );
 }
 
 #[test]
-fn second_daemon_on_a_shared_cache_asks_a_snix_store_nothing() {
-    second_daemon_on_a_shared_cache_asks_the_store_nothing(
+fn second_instance_on_a_shared_cache_asks_a_tvix_store_only_for_mappings() {
+    second_instance_on_a_shared_cache_asks_only_for_its_mappings(
+        StoreKind::Tvix,
+        "second_instance_on_a_shared_cache_asks_a_tvix_store_only_for_mappings",
+    );
+}
+
+#[test]
+fn second_instance_on_a_shared_cache_asks_a_snix_store_only_for_mappings() {
+    second_instance_on_a_shared_cache_asks_only_for_its_mappings(
         StoreKind::Snix,
-        "second_daemon_on_a_shared_cache_asks_a_snix_store_nothing",
+        "second_instance_on_a_shared_cache_asks_a_snix_store_only_for_mappings",
     );
 }
 
@@ -153,7 +181,7 @@ fn serves_everything_cached_while_the_store_is_down(kind: StoreKind, test: &str)
     // Populate: every store path but the package whole, and of the package
     // everything but one file, which stays uncached.
     {
-        let daemon = mount_with(&store, &args(&store, &cache, None, &[]));
+        let daemon = mount_with(&store, &args(&store, &cache, None, &["--instance", "vm1"]));
         for (source, basename) in store.store_paths() {
             if *source == pkg_source {
                 continue;
@@ -172,7 +200,12 @@ fn serves_everything_cached_while_the_store_is_down(kind: StoreKind, test: &str)
     // A new daemon, the store down: all of that is served from disk.
     let daemon = mount_with(
         &store,
-        &args(&store, &cache, None, &["--store-timeout", "2"]),
+        &args(
+            &store,
+            &cache,
+            None,
+            &["--instance", "vm1", "--store-timeout", "2"],
+        ),
     );
     for (source, basename) in store.store_paths() {
         if *source == pkg_source {

@@ -406,6 +406,7 @@ fn store_client(socket: &Path, kind: StoreKind) -> StoreClient {
         path_info_service: address(socket),
         protocol: protocol(kind),
         timeout: Duration::from_secs(10),
+        min_rate: 1 << 20,
         tls: TlsSettings::default(),
     })
     .unwrap()

@@ -262,7 +262,11 @@ fn a_fuse_daemon_holds_no_capabilities_on_any_thread() {
     assert!(std::fs::read(store_path.join("bin/hello")).is_ok());
     // Written after the read is answered: wait for it.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while std::fs::read_dir(cache.join("v1/chunks")).unwrap().count() == 0 {
+    while std::fs::read_dir(cache.join("v2/objects/chunks"))
+        .unwrap()
+        .count()
+        == 0
+    {
         assert!(
             Instant::now() < deadline,
             "nothing written to the disk cache under Landlock"

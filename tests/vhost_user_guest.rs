@@ -107,7 +107,12 @@ fn guest_reads_the_disk_cache_while_the_store_is_down() {
     let pkg = fixture.store_path("hello-2.12");
     {
         // Populate the cache through a FUSE mount of another daemon.
-        let daemon = Daemon::mount(&fixture.address(), &["--cache-dir", &cache_arg]);
+        // The same instance as the guest's daemon below: store paths and
+        // chunk lists are kept per instance.
+        let daemon = Daemon::mount(
+            &fixture.address(),
+            &["--cache-dir", &cache_arg, "--instance", "vm1"],
+        );
         compare_trees(&tree.join("hello-2.12"), &daemon.path(&pkg));
     }
     fixture.stop();
@@ -117,6 +122,8 @@ fn guest_reads_the_disk_cache_while_the_store_is_down() {
         &[
             "--cache-dir",
             &cache_arg,
+            "--instance",
+            "vm1",
             "--store-timeout",
             "2",
             "--persistent",

@@ -77,6 +77,67 @@ pub fn verify_range(
     merge_subtrees_root(&left, &right, Mode::Hash).as_bytes() == digest.as_bytes()
 }
 
+/// The group chaining values of an outboard, if they hash to `digest`
+/// for a blob of `size` (more than one group): a blob's bytes can then be
+/// checked group by group against them.
+pub fn verified_leaves(
+    digest: &B3Digest,
+    size: u64,
+    outboard: &[u8],
+) -> Option<Vec<ChainingValue>> {
+    if size <= GROUP || outboard.len() != groups(size) * 32 {
+        return None;
+    }
+    let leaves: Vec<ChainingValue> = outboard
+        .chunks_exact(32)
+        .map(|cv| cv.try_into().expect("32-byte chunks"))
+        .collect();
+    let (left, right) = split(0, size, &leaves);
+    (merge_subtrees_root(&left, &right, Mode::Hash).as_bytes() == digest.as_bytes())
+        .then_some(leaves)
+}
+
+/// Whether `group`, the bytes of the group at `offset`, match `leaves`.
+pub fn group_matches(leaves: &[ChainingValue], offset: u64, group: &[u8]) -> bool {
+    offset % GROUP == 0 && leaves.get((offset / GROUP) as usize) == Some(&group_cv(offset, group))
+}
+
+/// Computes an outboard from bytes fed in order, in pieces of any size.
+#[derive(Default)]
+pub struct OutboardBuilder {
+    group: Vec<u8>,
+    offset: u64,
+    outboard: Vec<u8>,
+}
+
+impl OutboardBuilder {
+    pub fn update(&mut self, mut piece: &[u8]) {
+        while !piece.is_empty() {
+            let take = (GROUP as usize - self.group.len()).min(piece.len());
+            self.group.extend_from_slice(&piece[..take]);
+            piece = &piece[take..];
+            if self.group.len() == GROUP as usize {
+                self.flush();
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        self.outboard
+            .extend_from_slice(&group_cv(self.offset, &self.group));
+        self.offset += self.group.len() as u64;
+        self.group.clear();
+    }
+
+    /// The outboard of everything fed.
+    pub fn finish(mut self) -> Vec<u8> {
+        if !self.group.is_empty() {
+            self.flush();
+        }
+        self.outboard
+    }
+}
+
 /// The chaining value of the group at `offset`.
 fn group_cv(offset: u64, group: &[u8]) -> ChainingValue {
     blake3::Hasher::new()
@@ -169,6 +230,30 @@ mod tests {
                     assert!(!verify_range(&digest, size as u64, &bad, start, range));
                 }
             }
+        }
+    }
+
+    #[test]
+    fn a_built_outboard_verifies_and_checks_each_group() {
+        for size in SIZES {
+            let bytes = data(size);
+            let digest = B3Digest::of(&bytes);
+            let mut builder = OutboardBuilder::default();
+            for piece in bytes.chunks(7777) {
+                builder.update(piece);
+            }
+            let outboard = builder.finish();
+            assert_eq!(outboard, compute(&bytes).unwrap());
+            let leaves = verified_leaves(&digest, size as u64, &outboard).unwrap();
+            for (i, group) in bytes.chunks(GROUP as usize).enumerate() {
+                assert!(group_matches(&leaves, i as u64 * GROUP, group));
+                let mut bad = group.to_vec();
+                bad[0] ^= 1;
+                assert!(!group_matches(&leaves, i as u64 * GROUP, &bad));
+            }
+            let mut bad = outboard.clone();
+            bad[5] ^= 1;
+            assert!(verified_leaves(&digest, size as u64, &bad).is_none());
         }
     }
 

@@ -35,6 +35,10 @@ counters! {
     disk_bytes_written: "Bytes this daemon added to the disk cache.",
     disk_bytes: "Gauge: bytes in the disk cache at the last scan.",
     disk_evictions: "Files this daemon evicted from the disk cache.",
+    disk_junk_removed: "Files in the disk cache that no daemon writes (unknown names, not regular, too long), removed by a scan.",
+    disk_lock_busy: "Evictions skipped because another process held the cache lock past the bounded wait.",
+    store_path_info_calls: "PathInfoService.Get calls.",
+    store_chunk_list_calls: "BlobService.Stat calls for a chunk list.",
     verification_failures: "Data from the store or the disk that failed its digest or checksum.",
     store_requests: "RPCs made to the store.",
     store_errors: "RPCs that failed (unreachable, timeout, bad answer).",
@@ -107,6 +111,6 @@ mod tests {
         let text = s.render();
         assert!(text.contains("disk_hits 3\n"));
         assert!(text.contains("fetches_in_flight 0\n"));
-        assert_eq!(text.lines().count(), 15);
+        assert_eq!(text.lines().count(), 19);
     }
 }

@@ -1,9 +1,12 @@
 //! The inode table: which inode number stands for which store node, and how
 //! many times the kernel has looked it up. An inode lives while the kernel
 //! references it and is freed when FORGET brings its count to zero, so the
-//! table follows the guest's dentry cache instead of growing forever.
+//! table follows the guest's dentry cache instead of growing forever. It
+//! holds at most a fixed number of inodes, and an inode freed takes the
+//! inodes found below it along: a guest that forgets a directory and looks
+//! it up again gets a new inode, and the old one's children are gone.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -33,26 +36,76 @@ struct Tables {
     next: u64,
     inodes: HashMap<u64, InodeEntry>,
     by_name: HashMap<(u64, Bytes), u64>,
+    /// Live inodes found in each directory inode.
+    children: HashMap<u64, HashSet<u64>>,
+}
+
+impl Tables {
+    /// Removes `inode` and every inode found below it.
+    fn remove_with_descendants(&mut self, inode: u64) {
+        let mut doomed = vec![inode];
+        while let Some(ino) = doomed.pop() {
+            if let Some(e) = self.inodes.remove(&ino) {
+                self.by_name.remove(&e.key);
+                if let Some(siblings) = self.children.get_mut(&e.key.0) {
+                    siblings.remove(&ino);
+                    if siblings.is_empty() {
+                        self.children.remove(&e.key.0);
+                    }
+                }
+            }
+            if let Some(kids) = self.children.remove(&ino) {
+                doomed.extend(kids);
+            }
+        }
+    }
+}
+
+/// Why no inode was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The guest holds as many inodes as it may.
+    Full,
+    /// The parent was forgotten meanwhile: its child would never be freed.
+    StaleParent,
 }
 
 /// Inode numbers are keyed by (parent inode, name): the same name in the same
 /// directory keeps its number for as long as the kernel references it.
 pub struct InodeTable {
     tables: Mutex<Tables>,
+    /// Most live inodes besides the root.
+    max_inodes: usize,
 }
 
 impl Default for InodeTable {
     fn default() -> Self {
+        Self::with_limit(usize::MAX)
+    }
+}
+
+impl InodeTable {
+    /// An empty table that holds at most `max_inodes` inodes.
+    pub fn with_limit(max_inodes: usize) -> Self {
         Self {
             tables: Mutex::new(Tables {
                 next: ROOT_INODE + 1,
                 ..Default::default()
             }),
+            max_inodes,
         }
     }
-}
 
-impl InodeTable {
+    /// Forgets every inode (a new guest, or a new FUSE session). Numbers
+    /// are not reused, so a stale one from before is never taken for a
+    /// new one.
+    pub fn clear(&self) {
+        let mut t = self.tables.lock();
+        t.inodes.clear();
+        t.by_name.clear();
+        t.children.clear();
+    }
+
     /// What `inode` stands for, if the kernel still references it.
     pub fn get(&self, inode: u64) -> Option<InodeKind> {
         if inode == ROOT_INODE {
@@ -76,8 +129,9 @@ impl InodeTable {
 
     /// Returns the inode for `name` in `parent`, creating it if needed, and
     /// counts one lookup. An existing inode whose node changed (a store path
-    /// that was replaced) gets the new node.
-    pub fn lookup(&self, parent: u64, name: &Bytes, node: &Node) -> u64 {
+    /// that was replaced) gets the new node. A new inode when the table is
+    /// full is refused.
+    pub fn lookup(&self, parent: u64, name: &Bytes, node: &Node) -> Result<u64, Refused> {
         let mut t = self.tables.lock();
         let key = (parent, name.clone());
         if let Some(&ino) = t.by_name.get(&key) {
@@ -86,8 +140,14 @@ impl InodeTable {
                 if !matches!(&e.kind, InodeKind::Node(n) if n == node) {
                     e.kind = InodeKind::Node(node.clone());
                 }
-                return ino;
+                return Ok(ino);
             }
+        }
+        if t.inodes.len() >= self.max_inodes {
+            return Err(Refused::Full);
+        }
+        if parent != ROOT_INODE && !t.inodes.contains_key(&parent) {
+            return Err(Refused::StaleParent);
         }
         let ino = t.next;
         t.next += 1;
@@ -100,7 +160,8 @@ impl InodeTable {
                 key,
             },
         );
-        ino
+        t.children.entry(parent).or_default().insert(ino);
+        Ok(ino)
     }
 
     /// Drops `count` lookups of `inode`; frees it when none are left.
@@ -111,9 +172,7 @@ impl InodeTable {
         };
         e.lookups = e.lookups.saturating_sub(count);
         if e.lookups == 0 {
-            if let Some(e) = t.inodes.remove(&inode) {
-                t.by_name.remove(&e.key);
-            }
+            t.remove_with_descendants(inode);
         }
     }
 
@@ -139,9 +198,15 @@ mod tests {
     #[test]
     fn same_name_same_inode_while_referenced() {
         let t = InodeTable::default();
-        let a = t.lookup(ROOT_INODE, &Bytes::from_static(b"a"), &file(1));
-        assert_eq!(t.lookup(ROOT_INODE, &Bytes::from_static(b"a"), &file(1)), a);
-        let b = t.lookup(a, &Bytes::from_static(b"a"), &file(1));
+        let a = t
+            .lookup(ROOT_INODE, &Bytes::from_static(b"a"), &file(1))
+            .unwrap();
+        assert_eq!(
+            t.lookup(ROOT_INODE, &Bytes::from_static(b"a"), &file(1))
+                .unwrap(),
+            a
+        );
+        let b = t.lookup(a, &Bytes::from_static(b"a"), &file(1)).unwrap();
         assert_ne!(a, b, "same name under another parent is another inode");
         assert_eq!(t.get(a), Some(InodeKind::Node(file(1))));
         assert_eq!(t.len(), 2);
@@ -151,8 +216,8 @@ mod tests {
     fn forget_frees_only_after_every_lookup_is_forgotten() {
         let t = InodeTable::default();
         let name = Bytes::from_static(b"x");
-        let a = t.lookup(ROOT_INODE, &name, &file(1));
-        t.lookup(ROOT_INODE, &name, &file(1));
+        let a = t.lookup(ROOT_INODE, &name, &file(1)).unwrap();
+        t.lookup(ROOT_INODE, &name, &file(1)).unwrap();
         t.forget(a, 1);
         assert!(t.get(a).is_some());
         t.forget(a, 1);
@@ -169,12 +234,56 @@ mod tests {
     fn many_lookups_and_forgets_leave_nothing_behind() {
         let t = InodeTable::default();
         let inodes: Vec<u64> = (0..10_000u32)
-            .map(|i| t.lookup(ROOT_INODE, &Bytes::from(i.to_string()), &file(1)))
+            .map(|i| {
+                t.lookup(ROOT_INODE, &Bytes::from(i.to_string()), &file(1))
+                    .unwrap()
+            })
             .collect();
         assert_eq!(t.len(), 10_000);
         for ino in inodes {
             t.forget(ino, 1);
         }
         assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn forgetting_a_parent_frees_what_was_found_below_it() {
+        let t = InodeTable::default();
+        let name = |s: &'static str| Bytes::from_static(s.as_bytes());
+        let parent = t.lookup(ROOT_INODE, &name("p"), &file(1)).unwrap();
+        let child = t.lookup(parent, &name("c"), &file(2)).unwrap();
+        let grandchild = t.lookup(child, &name("g"), &file(3)).unwrap();
+        t.forget(parent, 1);
+        assert_eq!(t.len(), 0, "children of a forgotten parent stayed");
+        assert!(t.get(grandchild).is_none());
+        // Looked up again: a new inode, nothing left from before.
+        let again = t.lookup(ROOT_INODE, &name("p"), &file(1)).unwrap();
+        assert_ne!(again, parent);
+        assert_eq!(
+            t.lookup(parent, &name("c"), &file(2)),
+            Err(Refused::StaleParent)
+        );
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn a_full_table_refuses_new_inodes_but_counts_known_ones() {
+        let t = InodeTable::with_limit(2);
+        let a = t
+            .lookup(ROOT_INODE, &Bytes::from_static(b"a"), &file(1))
+            .unwrap();
+        t.lookup(ROOT_INODE, &Bytes::from_static(b"b"), &file(1))
+            .unwrap();
+        assert_eq!(
+            t.lookup(ROOT_INODE, &Bytes::from_static(b"c"), &file(1)),
+            Err(Refused::Full)
+        );
+        assert_eq!(
+            t.lookup(ROOT_INODE, &Bytes::from_static(b"a"), &file(1)),
+            Ok(a)
+        );
+        t.clear();
+        assert_eq!(t.len(), 0);
+        assert!(t.get(a).is_none());
     }
 }

@@ -5,6 +5,8 @@
 
 mod blob;
 mod inode;
+mod limits;
+mod root_listing;
 
 use std::collections::HashMap;
 use std::ffi::CStr;
@@ -20,12 +22,14 @@ use fuse_backend_rs::api::filesystem::{
 };
 use parking_lot::Mutex;
 
-use crate::cache::CachedStore;
+use crate::cache::{ContentSource, OpenBlob, ReadError};
 use crate::store::{store_path, B3Digest, DirEntry, Directory, Node, StoreError};
+use blob::BlobReader;
 pub use blob::MAX_IN_MEMORY_BLOB;
-use blob::{BlobReader, OpenBlob, ReadError};
-use inode::InodeTable;
 pub use inode::{InodeKind, ROOT_INODE};
+use inode::{InodeTable, Refused};
+pub use limits::{GuestLimits, LimitCounters, MAX_READ_SIZE};
+use root_listing::RootListing;
 
 /// Directory entry inode number for entries not (yet) looked up, as libfuse
 /// reports it.
@@ -75,6 +79,8 @@ pub struct FsConfig {
     pub negative_root_timeout: Duration,
     /// Chunks fetched ahead of a sequential reader (0: none).
     pub readahead_chunks: usize,
+    /// What the guest may make the daemon hold.
+    pub limits: GuestLimits,
 }
 
 impl Default for FsConfig {
@@ -85,6 +91,7 @@ impl Default for FsConfig {
             entry_timeout: CachePolicy::Always.default_entry_timeout(),
             negative_root_timeout: Duration::from_secs(1),
             readahead_chunks: 32,
+            limits: GuestLimits::default(),
         }
     }
 }
@@ -107,12 +114,14 @@ impl DirListing {
 /// The filesystem served to the guest.
 pub struct StoreFs {
     config: FsConfig,
-    store: Arc<CachedStore>,
+    store: Arc<dyn ContentSource>,
     inodes: InodeTable,
     blobs: BlobReader,
     next_handle: AtomicU64,
     open_files: Mutex<HashMap<u64, Arc<OpenBlob>>>,
     open_dirs: Mutex<HashMap<u64, Arc<DirListing>>>,
+    root_listing: RootListing,
+    limit_counters: LimitCounters,
 }
 
 fn errno(e: i32) -> io::Error {
@@ -124,34 +133,78 @@ fn read_only<T>() -> io::Result<T> {
     Err(errno(libc::EROFS))
 }
 
-/// Logs a store failure with what the guest asked for, and turns it into EIO.
+/// Logs a store failure with what the guest asked for (repeats held back),
+/// and turns it into EIO.
 fn store_failure(context: &str, e: &StoreError) -> io::Error {
-    if e.is_corruption() {
-        tracing::error!(error = %e, "{context}: store sent bad data; refusing it");
-    } else {
-        tracing::error!(error = %e, "{context}: store request failed");
-    }
+    crate::log_limit::store_failure(context, e);
     errno(libc::EIO)
 }
 
 impl StoreFs {
     /// The filesystem's methods block on store calls, so they must be
     /// called from threads outside the store client's async runtime.
-    pub fn new(config: FsConfig, store: Arc<CachedStore>) -> Self {
+    pub fn new(config: FsConfig, store: Arc<dyn ContentSource>) -> Self {
         Self {
-            blobs: BlobReader::new(store.clone(), config.readahead_chunks),
-            config,
+            blobs: BlobReader::new(store.clone()),
             store,
-            inodes: InodeTable::default(),
+            inodes: InodeTable::with_limit(config.limits.max_inodes),
+            root_listing: RootListing::new(config.limits.root_listing_ttl),
+            config,
             next_handle: AtomicU64::new(1),
             open_files: Mutex::new(HashMap::new()),
             open_dirs: Mutex::new(HashMap::new()),
+            limit_counters: LimitCounters::default(),
         }
+    }
+
+    /// How often the guest hit each bound.
+    pub fn limit_counters(&self) -> &LimitCounters {
+        &self.limit_counters
+    }
+
+    /// Open file and directory handles (for tests and stats).
+    pub fn handle_count(&self) -> usize {
+        self.open_files.lock().len() + self.open_dirs.lock().len()
+    }
+
+    /// Registers a lookup of `name` in `parent`, within the inode bound.
+    fn remember(&self, parent: u64, name: &bytes::Bytes, node: &Node) -> io::Result<u64> {
+        self.inodes
+            .lookup(parent, name, node)
+            .map_err(|refused| match refused {
+                Refused::Full => {
+                    LimitCounters::hit(
+                        &self.limit_counters.inodes_refused,
+                        "inodes",
+                        self.config.limits.max_inodes,
+                    );
+                    errno(libc::ENOMEM)
+                }
+                Refused::StaleParent => errno(libc::ESTALE),
+            })
+    }
+
+    /// A new handle number if the guest may hold one more.
+    fn reserve_handle(&self) -> io::Result<u64> {
+        if self.handle_count() >= self.config.limits.max_open_handles {
+            LimitCounters::hit(
+                &self.limit_counters.handles_refused,
+                "open handles",
+                self.config.limits.max_open_handles,
+            );
+            return Err(errno(libc::ENFILE));
+        }
+        Ok(self.new_handle())
     }
 
     /// Number of live inodes besides the root (for tests and stats).
     pub fn inode_count(&self) -> usize {
         self.inodes.len()
+    }
+
+    /// Number of open file and directory handles (for metrics).
+    pub fn open_handle_count(&self) -> usize {
+        self.open_files.lock().len() + self.open_dirs.lock().len()
     }
 
     fn kind(&self, inode: u64) -> io::Result<InodeKind> {
@@ -226,7 +279,7 @@ impl StoreFs {
         let shown = String::from_utf8_lossy(name);
         match self.store.path_info(hash, name) {
             Ok(Some(found)) => {
-                let ino = self.inodes.lookup(ROOT_INODE, &found.name, &found.node);
+                let ino = self.remember(ROOT_INODE, &found.name, &found.node)?;
                 Ok(self.entry(ino, &InodeKind::Node(found.node)))
             }
             Ok(None) => Ok(Self::negative(self.config.negative_root_timeout)),
@@ -245,10 +298,10 @@ impl StoreFs {
         match self.kind(inode)? {
             InodeKind::Root if self.config.list_root => {
                 let entries = self
-                    .store
-                    .list_path_infos(MAX_ROOT_LISTING)
+                    .root_listing
+                    .get(|| self.store.list_path_infos(MAX_ROOT_LISTING))
                     .map_err(|e| store_failure("listing the store paths", &e))?;
-                Ok(DirListing::Root(Arc::new(entries)))
+                Ok(DirListing::Root(entries))
             }
             // Without --list-root the root lists nothing; names still resolve.
             InodeKind::Root => Ok(DirListing::Root(Arc::new(Vec::new()))),
@@ -316,6 +369,10 @@ impl FileSystem for StoreFs {
             | FsOptions::READDIRPLUS_AUTO
             | FsOptions::CACHE_SYMLINKS
             | FsOptions::MAX_PAGES;
+        // A new guest (or a new session): nothing it held before is valid.
+        self.inodes.clear();
+        self.open_files.lock().clear();
+        self.open_dirs.lock().clear();
         Ok(capable & wanted)
     }
 
@@ -329,7 +386,7 @@ impl FileSystem for StoreFs {
                 let dir = self.directory_of(&kind)?;
                 match dir.entry(name) {
                     Some(found) => {
-                        let ino = self.inodes.lookup(parent, &found.name, &found.node);
+                        let ino = self.remember(parent, &found.name, &found.node)?;
                         Ok(self.entry(ino, &InodeKind::Node(found.node.clone())))
                     }
                     // Directories never change: the guest may remember this.
@@ -384,7 +441,7 @@ impl FileSystem for StoreFs {
             }
             InodeKind::Node(Node::Symlink { .. }) => return Err(errno(libc::ELOOP)),
         };
-        let handle = self.new_handle();
+        let handle = self.reserve_handle()?;
         self.open_files
             .lock()
             .insert(handle, Arc::new(self.blobs.open(digest, size)));
@@ -409,6 +466,16 @@ impl FileSystem for StoreFs {
         _flags: u32,
     ) -> io::Result<usize> {
         let _span = tracing::debug_span!("read", inode, offset, size).entered();
+        let size = if size > MAX_READ_SIZE {
+            LimitCounters::hit(
+                &self.limit_counters.reads_capped,
+                "READ size",
+                MAX_READ_SIZE as usize,
+            );
+            MAX_READ_SIZE
+        } else {
+            size
+        };
         let blob = self
             .open_files
             .lock()
@@ -447,8 +514,8 @@ impl FileSystem for StoreFs {
         inode: u64,
         _flags: u32,
     ) -> io::Result<(Option<u64>, OpenOptions)> {
+        let handle = self.reserve_handle()?;
         let listing = self.listing(inode)?;
-        let handle = self.new_handle();
         self.open_dirs.lock().insert(handle, Arc::new(listing));
         // Listings never change, except the root's (new store paths).
         let options = if inode == ROOT_INODE || self.config.cache != CachePolicy::Always {
@@ -503,7 +570,15 @@ impl FileSystem for StoreFs {
                 // "." and "..": inode 0 tells the kernel no lookup is counted.
                 return Ok(add_entry(dirent(inode), Entry::default())? > 0);
             };
-            let ino = self.inodes.lookup(inode, &entry.name, &entry.node);
+            let Ok(ino) = self.inodes.lookup(inode, &entry.name, &entry.node) else {
+                // No inode to spare: a plain entry, no lookup counted.
+                LimitCounters::hit(
+                    &self.limit_counters.inodes_refused,
+                    "inodes",
+                    self.config.limits.max_inodes,
+                );
+                return Ok(add_entry(dirent(UNKNOWN_INO), Entry::default())? > 0);
+            };
             let kind = InodeKind::Node(entry.node.clone());
             match add_entry(dirent(ino), self.entry(ino, &kind)) {
                 Ok(0) => {

@@ -1,7 +1,17 @@
 //! Landlock: after start-up the daemon may touch only the paths its
-//! configuration names (disk cache, spool directory, stats file, TLS files)
+//! configuration names (of the disk cache only the shared objects and its
+//! own instance's mappings, the spool directory, stats file, TLS files)
 //! and connect only to the store's TCP ports. Everything else on the
-//! filesystem is out of reach, /proc and /etc included.
+//! filesystem is out of reach, /proc, /etc and the other instances'
+//! mappings included.
+//!
+//! What Landlock does not cover, up to ABI 7 (Linux 6.18): connecting to a
+//! *pathname* unix socket needs no filesystem right, so a daemon could
+//! still connect to another instance's vhost-user socket if it can name
+//! it. The abstract-socket and signal scopes (ABI 6) do hold: no abstract
+//! socket outside the domain, no signal to another instance. Pathname
+//! sockets of other instances are kept out by the service's mount view
+//! instead, in which they do not exist (systemd/README.md).
 //!
 //! The handled rights are those of Landlock ABI 6 (Linux 6.12): every
 //! filesystem right up to `IoctlDev`, TCP bind and connect, and the
@@ -30,6 +40,8 @@ pub enum Access {
     Files,
     /// `Files` plus directories and renames between them (disk cache).
     Tree,
+    /// Only remove files (the vhost-user socket at a clean stop).
+    RemoveFiles,
 }
 
 impl Access {
@@ -44,6 +56,7 @@ impl Access {
             Access::ReadOnly => read,
             Access::Files => files,
             Access::Tree => files | AccessFs::MakeDir | AccessFs::RemoveDir | AccessFs::Refer,
+            Access::RemoveFiles => AccessFs::RemoveFile.into(),
         }
     }
 }

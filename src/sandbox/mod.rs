@@ -159,20 +159,27 @@ impl LandlockPolicy {
     /// The paths and ports the daemon needs after start-up, from its
     /// configuration.
     ///
-    /// - `cache_dir`: the disk cache (created if missing), read and write;
+    /// - `cache`: the shared objects and this instance's private mappings
+    ///   (created if missing), read and write, and nothing else of the
+    ///   cache directory: not the other instances' mappings;
     /// - otherwise `spool_dir` or `$TMPDIR`: unlinked temporary files;
     /// - the directory of `stats_file`: the file is replaced atomically;
     /// - `store`: TLS files and CA roots, resolver configuration and TCP
     ///   ports for `grpc+http(s)://` addresses.
     pub fn for_daemon(
-        cache_dir: Option<&Path>,
+        cache: Option<&crate::cache::CacheLayout>,
         spool_dir: Option<&Path>,
         stats_file: Option<&Path>,
         store: &crate::store::StoreConfig,
     ) -> Self {
         let mut policy = Self::default();
-        match cache_dir {
-            Some(dir) => policy.allow(dir, Access::Tree),
+        match cache {
+            Some(layout) => {
+                policy.allow(&layout.objects, Access::Tree);
+                if let Some(dir) = &layout.instance {
+                    policy.allow(dir, Access::Tree);
+                }
+            }
             None => policy.allow(
                 &spool_dir.map_or_else(std::env::temp_dir, Path::to_path_buf),
                 Access::Files,

@@ -14,7 +14,9 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 use super::address::{AddressError, StoreAddress, TlsSettings};
-use super::answers::{chunks_of_stat, path_info_entry};
+use super::answers::path_info_entry;
+use super::chunk_list::validate_chunk_list;
+use super::deadline::CallDeadline;
 use super::digest::B3Digest;
 use super::directory::{
     directory_digest, validate_directory, validate_node, DirEntry, Directory, ValidationError,
@@ -48,7 +50,7 @@ fn add_children(directory: &Directory, expected: &mut HashMap<B3Digest, u64>) {
 }
 
 /// The transport every client uses: a channel under tvix or snix names.
-type Transport = PackagePrefix<Channel>;
+type Transport = PackagePrefix<crate::metrics::MeteredChannel<Channel>>;
 
 /// Errors from talking to the store. Each names the call and the digest or
 /// store path, so a log line says what could not be served and why.
@@ -76,6 +78,16 @@ pub enum StoreError {
         call: &'static str,
         subject: String,
         timeout: Duration,
+    },
+    #[error(
+        "{call} {subject}: the store sent {received} bytes in {elapsed:?}, slower than the \
+         minimum rate (--store-min-rate); given up"
+    )]
+    TooSlow {
+        call: &'static str,
+        subject: String,
+        received: u64,
+        elapsed: Duration,
     },
     #[error("directory {digest}: not found in the store")]
     DirectoryNotFound { digest: B3Digest },
@@ -142,6 +154,9 @@ pub struct StoreConfig {
     pub protocol: StoreProtocol,
     /// Bound on connecting, on each answer and on each streamed message.
     pub timeout: Duration,
+    /// Bytes per second a streaming call must deliver on average beyond
+    /// `timeout`: the whole call ends by `timeout + bytes / min_rate`.
+    pub min_rate: u64,
     /// CA and client identity for `grpc+https://` addresses.
     pub tls: TlsSettings,
 }
@@ -162,6 +177,7 @@ pub struct StoreClient {
     path_infos: PathInfoServiceClient<Transport>,
     protocol: StoreProtocol,
     timeout: Duration,
+    min_rate: u64,
 }
 
 impl StoreClient {
@@ -170,7 +186,7 @@ impl StoreClient {
     pub fn new(config: &StoreConfig) -> Result<Self, AddressError> {
         let transport = |addr: &StoreAddress| -> Result<Transport, AddressError> {
             Ok(PackagePrefix::new(
-                addr.channel(config.timeout, &config.tls)?,
+                crate::metrics::MeteredChannel::new(addr.channel(config.timeout, &config.tls)?),
                 config.protocol,
             ))
         };
@@ -183,6 +199,7 @@ impl StoreClient {
                 .max_decoding_message_size(MAX_MESSAGE_SIZE),
             protocol: config.protocol,
             timeout: config.timeout,
+            min_rate: config.min_rate,
         })
     }
 
@@ -198,6 +215,35 @@ impl StoreClient {
             .map(|_| ())
     }
 
+    /// A deadline for a streaming call starting now.
+    fn deadline(&self) -> CallDeadline {
+        CallDeadline::start(self.timeout, self.min_rate)
+    }
+
+    /// Awaits `fut` for at most the configured timeout and at most until
+    /// the whole call's `deadline`.
+    async fn bounded_within<T>(
+        &self,
+        call: &'static str,
+        subject: &(dyn std::fmt::Display + Sync),
+        deadline: &CallDeadline,
+        fut: impl Future<Output = Result<T, tonic::Status>>,
+    ) -> Result<T> {
+        let per_message = tokio::time::Instant::now() + self.timeout;
+        if deadline.at() < per_message {
+            if let Ok(answer) = tokio::time::timeout_at(deadline.at(), fut).await {
+                return self.answer(call, subject, answer);
+            }
+            return Err(StoreError::TooSlow {
+                call,
+                subject: subject.to_string(),
+                received: deadline.received(),
+                elapsed: deadline.elapsed(),
+            });
+        }
+        self.bounded(call, subject, fut).await
+    }
+
     /// Awaits `fut` for at most the configured timeout.
     async fn bounded<T>(
         &self,
@@ -206,27 +252,37 @@ impl StoreClient {
         fut: impl Future<Output = Result<T, tonic::Status>>,
     ) -> Result<T> {
         match tokio::time::timeout(self.timeout, fut).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(status)) if status.code() == Code::Unimplemented => {
-                Err(StoreError::WrongProtocol {
-                    call,
-                    subject: subject.to_string(),
-                    protocol: self.protocol,
-                    message: match status.message() {
-                        "" => status.code().to_string(),
-                        m => m.to_string(),
-                    },
-                })
-            }
-            Ok(Err(status)) => Err(StoreError::Rpc {
-                call,
-                subject: subject.to_string(),
-                status,
-            }),
+            Ok(answer) => self.answer(call, subject, answer),
             Err(_) => Err(StoreError::Timeout {
                 call,
                 subject: subject.to_string(),
                 timeout: self.timeout,
+            }),
+        }
+    }
+
+    /// The store's answer, its status turned into a [`StoreError`].
+    fn answer<T>(
+        &self,
+        call: &'static str,
+        subject: &(dyn std::fmt::Display + Sync),
+        answer: Result<T, tonic::Status>,
+    ) -> Result<T> {
+        match answer {
+            Ok(v) => Ok(v),
+            Err(status) if status.code() == Code::Unimplemented => Err(StoreError::WrongProtocol {
+                call,
+                subject: subject.to_string(),
+                protocol: self.protocol,
+                message: match status.message() {
+                    "" => status.code().to_string(),
+                    m => m.to_string(),
+                },
+            }),
+            Err(status) => Err(StoreError::Rpc {
+                call,
+                subject: subject.to_string(),
+                status,
             }),
         }
     }
@@ -267,10 +323,17 @@ impl StoreClient {
             .await?
             .into_inner();
         let mut entries = Vec::new();
+        let mut deadline = self.deadline();
         while let Some(info) = self
-            .bounded("PathInfoService.List", &subject, stream.message())
+            .bounded_within(
+                "PathInfoService.List",
+                &subject,
+                &deadline,
+                stream.message(),
+            )
             .await?
         {
+            deadline.credit(info.encoded_len() as u64);
             let entry = info
                 .node
                 .as_ref()
@@ -325,8 +388,9 @@ impl StoreClient {
             .await
             .map_err(not_found)?
             .into_inner();
+        let mut deadline = self.deadline();
         let first = self
-            .bounded(call, digest, stream.message())
+            .bounded_within(call, digest, &deadline, stream.message())
             .await
             .map_err(not_found)?
             .ok_or(StoreError::DirectoryNotFound { digest: *digest })?;
@@ -341,10 +405,14 @@ impl StoreClient {
         let mut expected: HashMap<B3Digest, u64> = HashMap::new();
         let mut received: HashSet<B3Digest> = HashSet::from([*digest]);
         let mut bytes = first.encoded_len();
+        deadline.credit(bytes as u64);
         add_children(&root, &mut expected);
         let mut out = vec![(root, Bytes::from(first.encode_to_vec()))];
         while out.len() < limit && bytes < MAX_PREFETCH_BYTES {
-            let next = match self.bounded(call, digest, stream.message()).await {
+            let next = match self
+                .bounded_within(call, digest, &deadline, stream.message())
+                .await
+            {
                 Ok(Some(next)) => next,
                 Ok(None) => break,
                 Err(e) => {
@@ -352,6 +420,7 @@ impl StoreClient {
                     break;
                 }
             };
+            deadline.credit(next.encoded_len() as u64);
             let child = directory_digest(&next);
             if received.contains(&child) {
                 continue;
@@ -390,7 +459,10 @@ impl StoreClient {
             .await
             .map_err(|e| e.not_found_as(|| StoreError::BlobNotFound { digest: *digest }))?
             .into_inner();
-        chunks_of_stat(digest, size, &answer)
+        validate_chunk_list(&answer.chunks, size).map_err(|reason| StoreError::InvalidChunkList {
+            digest: *digest,
+            reason,
+        })
     }
 
     /// Streams the blob `digest` of `size` bytes into `sink`, hashing as it
@@ -417,12 +489,14 @@ impl StoreClient {
             .into_inner();
         let mut hasher = blake3::Hasher::new();
         let mut received = 0u64;
+        let mut deadline = self.deadline();
         while let Some(piece) = self
-            .bounded(call, digest, stream.message())
+            .bounded_within(call, digest, &deadline, stream.message())
             .await
             .map_err(not_found)?
         {
             received += piece.data.len() as u64;
+            deadline.credit(piece.data.len() as u64);
             if received > size {
                 return Err(StoreError::BlobSizeMismatch {
                     digest: *digest,

@@ -3,7 +3,9 @@
 
 pub mod address;
 pub mod answers;
+pub mod chunk_list;
 pub mod client;
+pub mod deadline;
 pub mod digest;
 pub mod directory;
 pub mod nixbase32;

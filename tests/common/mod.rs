@@ -430,6 +430,39 @@ pub fn read_at(file: &std::fs::File, offset: u64, len: usize) -> std::io::Result
     Ok(buf)
 }
 
+/// Resident memory of process `pid` in bytes, from /proc.
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// A small tree for the robustness tests: `pkg-1.0` with `hello`, a 3 MiB
+/// `big`, `sub/deeper/f`, and `many/file-NNN` (400 files).
+pub fn robust_tree() -> PathBuf {
+    static TREE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    TREE.get_or_init(|| {
+        let root = scratch("robust-tree").join("tree");
+        let pkg = root.join("pkg-1.0");
+        std::fs::create_dir_all(pkg.join("sub/deeper")).unwrap();
+        std::fs::create_dir_all(pkg.join("many")).unwrap();
+        std::fs::write(pkg.join("hello"), ROBUST_HELLO).unwrap();
+        std::fs::write(pkg.join("big"), tree::pseudo_random(3, 3 << 20)).unwrap();
+        std::fs::write(pkg.join("sub/deeper/f"), b"deep").unwrap();
+        for i in 0..400 {
+            std::fs::write(pkg.join(format!("many/file-{i:03}")), i.to_string()).unwrap();
+        }
+        root
+    })
+    .clone()
+}
+
+/// The content of `pkg-1.0/hello` in [`robust_tree`].
+pub const ROBUST_HELLO: &[u8] = b"#!/bin/sh\necho hello\n";
+
 /// The repository root (for the scripts under `scripts/`).
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -488,6 +521,10 @@ impl VhostUserDaemon {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("daemon not running").id()
+    }
+
     /// The VMM disconnected: without `--persistent` the daemon exits 0.
     pub fn assert_exits_cleanly_after_the_guest_left(&mut self) {
         let status = self
@@ -540,4 +577,23 @@ pub fn run_guest(
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     }
+}
+
+/// Reads a whole file with O_DIRECT (past the guest page cache), 1 MiB at
+/// a time.
+pub fn read_direct(path: &Path) -> Vec<u8> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .unwrap();
+    let len = file.metadata().unwrap().len();
+    let mut out = Vec::with_capacity(len as usize);
+    while (out.len() as u64) < len {
+        let piece = read_at(&file, out.len() as u64, 1 << 20).unwrap();
+        assert!(!piece.is_empty());
+        out.extend_from_slice(&piece);
+    }
+    out
 }

@@ -18,7 +18,8 @@ use vhost::vhost_user::{
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::bindings::virtio_ring::{
-    VIRTIO_RING_F_EVENT_IDX, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT,
+    VRING_DESC_F_WRITE,
 };
 use vm_memory::{Address, Bytes, FileOffset, GuestAddress, GuestMemory, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -88,7 +89,8 @@ impl Vmm {
 
         let offered = frontend.get_features().expect("GET_FEATURES");
         let protocol_features = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
-        let mut features = (1 << VIRTIO_F_VERSION_1) | protocol_features;
+        let mut features =
+            (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_RING_F_INDIRECT_DESC) | protocol_features;
         if event_idx {
             features |= 1 << VIRTIO_RING_F_EVENT_IDX;
         }
@@ -193,6 +195,73 @@ impl Vmm {
             .unwrap();
         fence(Ordering::SeqCst);
         q.kick.write(1).expect("kick");
+    }
+
+    /// Puts one chain on `queue` through an indirect descriptor table: the
+    /// `request`, then `copies` writable descriptors that all point at the
+    /// same `reply_len` bytes, so the device sees `copies * reply_len`
+    /// bytes of room backed by far less memory. Returns the used length.
+    pub fn call_aliased_indirect(
+        &mut self,
+        queue: usize,
+        request: &[u8],
+        reply_len: u32,
+        copies: u16,
+        timeout: Duration,
+    ) -> u32 {
+        let mem = &self.mem;
+        let q = &mut self.queues[queue];
+        let request_addr = q.data;
+        mem.write_slice(request, request_addr).unwrap();
+        let reply_addr = GuestAddress((q.data.0 + request.len() as u64 + 4095) & !4095);
+        let table = GuestAddress(reply_addr.0 + u64::from(reply_len));
+        let entries = u64::from(copies) + 1;
+        assert!(
+            table.0 + entries * 16 <= q.data.0 + DATA_AREA,
+            "indirect table too large"
+        );
+        let write_desc = |index: u64, addr: u64, len: u32, flags: u16, next: u16| {
+            let mut desc = [0u8; 16];
+            desc[0..8].copy_from_slice(&addr.to_le_bytes());
+            desc[8..12].copy_from_slice(&len.to_le_bytes());
+            desc[12..14].copy_from_slice(&flags.to_le_bytes());
+            desc[14..16].copy_from_slice(&next.to_le_bytes());
+            mem.write_slice(&desc, table.unchecked_add(index * 16))
+                .unwrap();
+        };
+        let next = VRING_DESC_F_NEXT as u16;
+        let write = VRING_DESC_F_WRITE as u16;
+        write_desc(0, request_addr.0, request.len() as u32, next, 1);
+        for i in 1..entries {
+            let last = i + 1 == entries;
+            let flags = if last { write } else { write | next };
+            write_desc(i, reply_addr.0, reply_len, flags, (i + 1) as u16);
+        }
+        // The head descriptor in the ring refers to the table.
+        let head = q.next_desc;
+        q.next_desc = (q.next_desc + 1) % QUEUE_SIZE;
+        let mut desc = [0u8; 16];
+        desc[0..8].copy_from_slice(&table.0.to_le_bytes());
+        desc[8..12].copy_from_slice(&((entries * 16) as u32).to_le_bytes());
+        desc[12..14].copy_from_slice(&(VRING_DESC_F_INDIRECT as u16).to_le_bytes());
+        mem.write_slice(&desc, q.desc.unchecked_add(u64::from(head) * 16))
+            .unwrap();
+        let slot = u64::from(q.next_avail.0 % QUEUE_SIZE);
+        mem.write_obj(head, q.avail.unchecked_add(4 + 2 * slot))
+            .unwrap();
+        if self.event_idx {
+            let used_event = q.avail.unchecked_add(4 + 2 * u64::from(QUEUE_SIZE));
+            mem.write_obj(q.next_used.0, used_event).unwrap();
+        }
+        q.next_avail += 1;
+        fence(Ordering::SeqCst);
+        mem.store(q.next_avail.0, q.avail.unchecked_add(2), Ordering::Release)
+            .unwrap();
+        fence(Ordering::SeqCst);
+        q.kick.write(1).expect("kick");
+        let (used_head, len) = wait_used(mem, q, timeout);
+        assert_eq!(used_head, head, "used element is not the chain we sent");
+        len
     }
 
     fn call_chain(&mut self, queue: usize, bufs: &[Buf], looped: bool, timeout: Duration) -> Used {

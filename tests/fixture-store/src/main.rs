@@ -10,6 +10,7 @@
 //! `STORE_PATH <basename>` per store path, then `LISTENING <address>` per
 //! listener once it accepts connections.
 
+mod adversarial;
 mod import;
 mod nar;
 mod proto;
@@ -73,6 +74,17 @@ struct Args {
     /// Sleep this long before answering every RPC.
     #[arg(long, value_name = "N", default_value_t = 0)]
     latency_ms: u64,
+
+    /// Add the `adv-*` store paths a hostile store would send (see
+    /// adversarial.rs): one digest with three sizes, a dripping and an
+    /// endless blob, a huge symlink target, chunk lists that do not add up
+    /// or are huge, a Directory that resolves to itself.
+    #[arg(long)]
+    adversarial: bool,
+
+    /// Milliseconds between the bytes of the `adv-drip` blob.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    drip_interval_ms: u64,
 
     /// Bind the listeners but close every accepted connection at once.
     #[arg(long)]
@@ -347,7 +359,7 @@ fn main() -> Result<()> {
     let read_piece_size =
         usize::try_from(args.read_piece_size).context("--read-piece-size is too large")?;
 
-    let imported = import::import(&args.import, args.chunk_size)
+    let mut imported = import::import(&args.import, args.chunk_size)
         .with_context(|| format!("importing {}", args.import.display()))?;
     info!(
         store_paths = imported.path_infos.len(),
@@ -355,6 +367,11 @@ fn main() -> Result<()> {
         blobs = imported.blobs.len(),
         "imported"
     );
+    let adversarial = if args.adversarial {
+        adversarial::add(&mut imported, Duration::from_millis(args.drip_interval_ms))
+    } else {
+        adversarial::Adversarial::default()
+    };
     if let Some(manifest) = &args.manifest {
         let text: String = imported
             .manifest
@@ -379,6 +396,7 @@ fn main() -> Result<()> {
         corrupt_blobs: args.corrupt_blob.iter().copied().collect(),
         corrupt_directories: args.corrupt_directory.iter().copied().collect(),
         latency: Duration::from_millis(args.latency_ms),
+        adversarial,
     };
     let state = Arc::new(State::new(
         imported,

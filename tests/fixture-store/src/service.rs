@@ -29,6 +29,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 use tvix_virtiofsd::store::nixbase32;
 
+use crate::adversarial::Adversarial;
 use crate::import::{
     directory_digest, hex, node_name, Blob, BlobSource, Digest, Imported, StorePathHash,
 };
@@ -47,6 +48,8 @@ pub struct Misbehaviour {
     pub corrupt_directories: HashSet<Digest>,
     /// Delay before answering every RPC.
     pub latency: Duration,
+    /// How the `--adversarial` store paths misbehave.
+    pub adversarial: Adversarial,
 }
 
 /// The store's content and configuration, shared by all services and
@@ -161,6 +164,14 @@ impl BlobService for Blobs {
             Some(blob) => blob.source.clone(),
             None => return Err(blob_not_found(&digest)),
         };
+        let adversarial = &self.0.misbehaviour.adversarial;
+        if adversarial.drip.contains(&digest) || adversarial.endless.contains(&digest) {
+            return Ok(Response::new(misbehaving_read(
+                &source,
+                adversarial.drip.contains(&digest),
+                adversarial.drip_interval,
+            )));
+        }
         let corrupt = self.0.misbehaviour.corrupt_blobs.contains(&digest);
         if corrupt {
             info!(digest = %hex(&digest), "misbehaving: Read returns the blob with one byte flipped");
@@ -199,6 +210,41 @@ impl BlobService for Blobs {
             digest: Bytes::copy_from_slice(&digest),
         }))
     }
+}
+
+/// `--adversarial` reads: the blob one byte per `interval` (`drip`), or
+/// pieces of it for ever. Ends when the client goes away.
+fn misbehaving_read(
+    source: &BlobSource,
+    drip: bool,
+    interval: Duration,
+) -> ReceiverStream<Result<BlobChunk, Status>> {
+    let data = match source {
+        BlobSource::Memory(data) => data.clone(),
+        BlobSource::File { .. } => Bytes::from_static(b"?"),
+    };
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(async move {
+        if drip {
+            info!(interval = ?interval, "misbehaving: Read drips one byte at a time");
+            for i in 0..data.len() {
+                tokio::time::sleep(interval).await;
+                if tx
+                    .send(Ok(BlobChunk {
+                        data: data.slice(i..i + 1),
+                    }))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        } else {
+            info!("misbehaving: Read never ends");
+            while tx.send(Ok(BlobChunk { data: data.clone() })).await.is_ok() {}
+        }
+    });
+    ReceiverStream::new(rx)
 }
 
 fn blob_not_found(digest: &Digest) -> Status {
@@ -321,7 +367,9 @@ impl DirectoryService for Directories {
         let root = parse_digest(&digest)?;
         let directories = self.0.directories.read();
         let not_found = |d: &Digest| Status::not_found(format!("directory {} not found", hex(d)));
-        let root_directory = directories.get(&root).ok_or_else(|| not_found(&root))?;
+        let aliases = &self.0.misbehaviour.adversarial.directory_aliases;
+        let find = |d: &Digest| directories.get(d).or_else(|| aliases.get(d));
+        let root_directory = find(&root).ok_or_else(|| not_found(&root))?;
 
         let mut out = vec![Ok(self.served(&root, root_directory))];
         if request.recursive {
@@ -342,7 +390,7 @@ impl DirectoryService for Directories {
                     if !seen.insert(digest) {
                         continue;
                     }
-                    let Some(child_directory) = directories.get(&digest) else {
+                    let Some(child_directory) = find(&digest) else {
                         out.push(Err(not_found(&digest)));
                         break 'walk;
                     };

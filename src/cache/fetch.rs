@@ -1,0 +1,314 @@
+//! The fetch path of one chunk: memory, then the shared objects on disk,
+//! then the store, with every request for the same chunk sharing one disk
+//! read or store fetch (single-flight). Whatever the source, bytes whose
+//! length is not the chunk's are refused, never sliced: a memory hit or a
+//! shared fetch may have been made for another node naming the same
+//! digest with another size.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::future::{BoxFuture, FutureExt, Shared};
+
+use super::objects::ObjectKind;
+use super::readahead::DiskReadahead;
+use super::{outboard, CachedStore};
+use crate::store::{Chunk, StoreError};
+
+pub type ChunkResult = Result<Bytes, Arc<StoreError>>;
+pub type ChunkFuture = Shared<BoxFuture<'static, ChunkResult>>;
+/// Where a disk read hands its result (`None`: not on disk) to waiters.
+type DiskReadDone = tokio::sync::oneshot::Sender<Option<ChunkResult>>;
+
+/// The outcome of [`CachedStore::claim_disk_read`].
+enum DiskClaim {
+    /// Ours to read; the future is what waiters get (it fetches from the
+    /// store if the read finds nothing).
+    Mine(DiskReadDone, ChunkFuture),
+    /// Being read or fetched already, or in memory: wait for this.
+    Taken(ChunkFuture),
+    /// There is no disk cache.
+    NoDisk,
+}
+
+/// `data` if it is as long as `chunk` says, else the mismatch.
+fn of_its_size(chunk: &Chunk, data: Bytes) -> ChunkResult {
+    if data.len() as u64 == chunk.size {
+        Ok(data)
+    } else {
+        Err(Arc::new(StoreError::BlobSizeMismatch {
+            digest: chunk.digest,
+            expected: chunk.size,
+            actual: data.len() as u64,
+        }))
+    }
+}
+
+impl CachedStore {
+    /// One chunk's verified bytes, exactly `chunk.size` of them: from
+    /// memory, disk, a fetch already under way, or the store.
+    ///
+    /// A disk hit is read and verified right here on the calling (request)
+    /// thread: a hand-off to the runtime and back costs more than the read.
+    pub fn chunk(self: &Arc<Self>, chunk: &Chunk) -> ChunkResult {
+        if let Some(data) = self.chunks.get(&chunk.digest) {
+            self.hit(true);
+            return of_its_size(chunk, data);
+        }
+        self.hit(false);
+        let wait = match self.claim_disk_read(chunk) {
+            DiskClaim::Mine(done, wait) => match self.read_claimed(chunk, done, true) {
+                Some(read) => {
+                    self.in_flight.lock().remove(&chunk.digest);
+                    return read.and_then(|data| of_its_size(chunk, data));
+                }
+                // Not on disk: `wait` fetches it from the store.
+                None => wait,
+            },
+            DiskClaim::Taken(wait) => wait,
+            DiskClaim::NoDisk => self.chunk_fetch(chunk),
+        };
+        let result = self.runtime.block_on(wait);
+        // A chunk read ahead waits in `in_flight` for its reader, outside
+        // the memory cache: taken now, and kept as any chunk read.
+        if let Ok(data) = &result {
+            if self.chunks.peek(&chunk.digest).is_none() && data.len() as u64 == chunk.size {
+                self.chunks.insert(chunk.digest, data.clone());
+            }
+        }
+        self.release_if_done(&chunk.digest);
+        result.and_then(|data| of_its_size(chunk, data))
+    }
+
+    /// Whether `chunk` is in memory or on its way there.
+    pub(super) fn in_memory_or_flight(&self, chunk: &Chunk) -> bool {
+        self.chunks.peek(&chunk.digest).is_some()
+            || self.in_flight.lock().contains_key(&chunk.digest)
+    }
+
+    /// Starts getting the chunks a sequential reader will want next, in the
+    /// background: those in the disk cache through the one disk read-ahead
+    /// thread, the others from the store, up to the readahead bound.
+    /// Only the first `from_disk` of `chunks` may be read ahead from disk:
+    /// a short distance keeps the thread ahead of the reader, a long one
+    /// would push chunks out of a small memory cache before they are read.
+    /// Returns how many of `chunks` are taken care of; the rest could not
+    /// be queued now.
+    pub(super) fn prefetch(self: &Arc<Self>, chunks: &[Chunk], from_disk: usize) -> usize {
+        for (queued, chunk) in chunks.iter().enumerate() {
+            if self.in_memory_or_flight(chunk) {
+                continue;
+            }
+            if let Some(objects) = &self.objects {
+                if objects.contains(ObjectKind::Chunk, &chunk.digest) {
+                    if queued >= from_disk
+                        || !self.disk_readahead().is_some_and(|r| r.request(*chunk))
+                    {
+                        return queued;
+                    }
+                    self.stats.readahead_chunks.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            }
+            let Ok(permit) = self.readahead.clone().try_acquire_owned() else {
+                return queued;
+            };
+            self.stats.readahead_chunks.fetch_add(1, Ordering::Relaxed);
+            let fetch = self.chunk_fetch(chunk);
+            self.runtime.spawn(async move {
+                let _ = fetch.await;
+                drop(permit);
+            });
+        }
+        chunks.len()
+    }
+
+    fn disk_readahead(self: &Arc<Self>) -> Option<&DiskReadahead> {
+        self.disk_readahead
+            .get_or_init(|| {
+                DiskReadahead::start(Arc::downgrade(self))
+                    .inspect_err(|e| tracing::warn!(error = %e, "no disk read-ahead thread"))
+                    .ok()
+            })
+            .as_ref()
+    }
+
+    /// Run by the disk read-ahead thread: reads one chunk from the disk
+    /// cache unless it is in memory or on its way already, and returns
+    /// whether it did. The result stays in `in_flight`, not in the memory
+    /// cache, until its reader takes it or [`Self::release_if_done`] lets
+    /// it go: a small memory cache could drop it before the reader gets
+    /// there, and chunks read ahead would push out the ones being read.
+    pub(super) fn read_ahead_from_disk(self: &Arc<Self>, chunk: &Chunk) -> bool {
+        match self.claim_disk_read(chunk) {
+            DiskClaim::Mine(done, _) => {
+                if self.read_claimed(chunk, done, false).is_none() {
+                    // Gone from disk: a reader that joined meanwhile
+                    // fetches it; a later one starts its own fetch.
+                    self.in_flight.lock().remove(&chunk.digest);
+                }
+                true
+            }
+            DiskClaim::Taken(_) | DiskClaim::NoDisk => false,
+        }
+    }
+
+    /// Claims the disk read of `chunk` in `in_flight`, so that the reader
+    /// and the read-ahead thread never both read it: whoever comes second
+    /// waits for the first.
+    fn claim_disk_read(self: &Arc<Self>, chunk: &Chunk) -> DiskClaim {
+        if self.objects.is_none() {
+            return DiskClaim::NoDisk;
+        }
+        let mut in_flight = self.in_flight.lock();
+        if let Some(running) = in_flight.get(&chunk.digest) {
+            self.stats
+                .singleflight_joins
+                .fetch_add(1, Ordering::Relaxed);
+            return DiskClaim::Taken(running.clone());
+        }
+        // Chunks reach memory before they leave `in_flight`, so one that
+        // arrived since the caller looked is seen here.
+        if let Some(data) = self.chunks.peek(&chunk.digest) {
+            return DiskClaim::Taken(futures::future::ready(Ok(data)).boxed().shared());
+        }
+        let (done, read) = tokio::sync::oneshot::channel::<Option<ChunkResult>>();
+        let this = self.clone();
+        let chunk = *chunk;
+        let wait = async move {
+            match read.await {
+                Ok(Some(read)) => read,
+                // Not on disk (or the claimer is gone): the first waiter
+                // fetches it from the store for all.
+                _ => {
+                    let fetched = this.fetch_from_store(&chunk).await;
+                    if let Ok(data) = &fetched {
+                        this.chunks.insert(chunk.digest, data.clone());
+                    }
+                    fetched.map_err(Arc::new)
+                }
+            }
+        }
+        .boxed()
+        .shared();
+        in_flight.insert(chunk.digest, wait.clone());
+        DiskClaim::Mine(done, wait)
+    }
+
+    /// Reads a claimed chunk from disk (into memory if `keep`) and hands
+    /// the result to those waiting for it; `None` if it is not on disk.
+    fn read_claimed(&self, chunk: &Chunk, done: DiskReadDone, keep: bool) -> Option<ChunkResult> {
+        let read = self.chunk_from_disk(chunk).map(|data| {
+            if keep {
+                self.chunks.insert(chunk.digest, data.clone());
+            }
+            Ok(data)
+        });
+        let _ = done.send(read.clone());
+        read
+    }
+
+    /// Removes the `in_flight` entry of `digest` if it has its result (a
+    /// chunk read ahead that its reader took, or that none came for).
+    pub(super) fn release_if_done(&self, digest: &crate::store::B3Digest) {
+        let mut in_flight = self.in_flight.lock();
+        if in_flight.get(digest).is_some_and(|f| f.peek().is_some()) {
+            in_flight.remove(digest);
+        }
+    }
+
+    /// The one store fetch of `chunk`: joined if already running, else
+    /// started. Callers with a disk cache have looked there first
+    /// ([`Self::claim_disk_read`], or [`Self::prefetch`]'s check).
+    fn chunk_fetch(self: &Arc<Self>, chunk: &Chunk) -> ChunkFuture {
+        let mut in_flight = self.in_flight.lock();
+        if let Some(running) = in_flight.get(&chunk.digest) {
+            self.stats
+                .singleflight_joins
+                .fetch_add(1, Ordering::Relaxed);
+            return running.clone();
+        }
+        // A fetch puts its result in memory before it leaves `in_flight`,
+        // so one that finished since the caller looked is seen here.
+        if let Some(data) = self.chunks.peek(&chunk.digest) {
+            return futures::future::ready(Ok(data)).boxed().shared();
+        }
+        let this = self.clone();
+        let chunk = *chunk;
+        let fetch = async move {
+            let result = this.fetch_from_store(&chunk).await;
+            if let Ok(data) = &result {
+                this.chunks.insert(chunk.digest, data.clone());
+            }
+            this.in_flight.lock().remove(&chunk.digest);
+            result.map_err(Arc::new)
+        }
+        .boxed()
+        .shared();
+        in_flight.insert(chunk.digest, fetch.clone());
+        fetch
+    }
+
+    /// A chunk from the shared objects, of its length and digest, or
+    /// `None` if it is not there (or failed and was removed).
+    fn chunk_from_disk(&self, chunk: &Chunk) -> Option<Bytes> {
+        self.objects
+            .as_ref()?
+            .get(ObjectKind::Chunk, &chunk.digest, Some(chunk.size))
+    }
+
+    /// Fetches a chunk from the store, verified, and writes it (and its
+    /// outboard) to disk behind the reader's back.
+    async fn fetch_from_store(&self, chunk: &Chunk) -> Result<Bytes, StoreError> {
+        self.stats.store_requests.fetch_add(1, Ordering::Relaxed);
+        self.stats.fetches_in_flight.fetch_add(1, Ordering::Relaxed);
+        let result = self
+            .client
+            .read_blob_to_memory(&chunk.digest, chunk.size)
+            .await;
+        self.stats.fetches_in_flight.fetch_sub(1, Ordering::Relaxed);
+        match &result {
+            Ok(data) => {
+                self.stats
+                    .store_bytes_fetched
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                if let Some(objects) = self.objects.clone() {
+                    let (digest, data) = (chunk.digest, data.clone());
+                    self.write_behind(move || {
+                        objects.put(ObjectKind::Chunk, &digest, &data);
+                        if let Some(outboard) = outboard::compute(&data) {
+                            objects.put(ObjectKind::Outboard, &digest, &outboard);
+                        }
+                    });
+                }
+            }
+            Err(e) => self.count_failure(e),
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::B3Digest;
+
+    #[test]
+    fn bytes_of_another_size_are_refused_not_sliced() {
+        let data = Bytes::from_static(b"0123456789");
+        let digest = B3Digest::of(&data);
+        let chunk = |size| Chunk {
+            digest,
+            offset: 0,
+            size,
+        };
+        assert_eq!(of_its_size(&chunk(10), data.clone()).unwrap(), data);
+        for size in [9, 11, 1 << 40] {
+            let err = of_its_size(&chunk(size), data.clone()).unwrap_err();
+            assert!(
+                matches!(*err, StoreError::BlobSizeMismatch { expected, actual: 10, .. } if expected == size)
+            );
+        }
+    }
+}

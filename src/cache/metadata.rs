@@ -1,0 +1,187 @@
+//! Metadata: path infos, Directories and chunk lists, from memory, then
+//! disk (path infos and chunk lists from this instance's private
+//! mappings, Directories from the shared objects, checked against their
+//! digest), then the store.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use prost::Message;
+
+use super::objects::ObjectKind;
+use super::{CachedStore, PathInfoEntry};
+use crate::proto::castore;
+use crate::store::directory::{check_announced_size, validate_directory};
+use crate::store::{B3Digest, Chunk, DirEntry, Directory, StoreError};
+
+/// Directories taken from one recursive Get: a store path's tree usually
+/// arrives in one round trip instead of one per directory.
+const DIRECTORY_PREFETCH: usize = 1024;
+
+impl CachedStore {
+    /// The root node of the store path `name` (whose hash decodes to
+    /// `hash`), or `None` if the store does not have it.
+    pub fn path_info(&self, hash: [u8; 20], name: &[u8]) -> Result<Option<DirEntry>, StoreError> {
+        if let Some(entry) = self.path_infos.get(&hash) {
+            match entry {
+                PathInfoEntry::Found(e) if e.name == name => {
+                    self.hit(true);
+                    return Ok(Some(e));
+                }
+                PathInfoEntry::Found(_) => {
+                    self.hit(true);
+                    return Ok(None);
+                }
+                PathInfoEntry::Missing { name: n, at }
+                    if n == name && at.elapsed() < self.config.negative_ttl =>
+                {
+                    self.hit(true);
+                    return Ok(None);
+                }
+                PathInfoEntry::Missing { .. } => {}
+            }
+        }
+        self.hit(false);
+        if let Some(found) = self
+            .mappings
+            .as_ref()
+            .and_then(|m| m.path_info(&hash, name))
+        {
+            self.path_infos
+                .insert(hash, PathInfoEntry::Found(found.clone()));
+            return Ok(Some(found));
+        }
+        self.stats
+            .store_path_info_calls
+            .fetch_add(1, Ordering::Relaxed);
+        match self.call(self.client.path_info(hash, name))? {
+            Some(found) => {
+                if let Some(mappings) = self.mappings.clone() {
+                    let entry = found.clone();
+                    self.write_behind(move || mappings.put_path_info(&hash, &entry));
+                }
+                self.path_infos
+                    .insert(hash, PathInfoEntry::Found(found.clone()));
+                Ok(Some(found))
+            }
+            None => {
+                let missing = PathInfoEntry::Missing {
+                    name: Bytes::copy_from_slice(name),
+                    at: Instant::now(),
+                };
+                self.path_infos.insert(hash, missing);
+                Ok(None)
+            }
+        }
+    }
+
+    /// All store paths (`--list-root`); not cached, the list changes.
+    pub fn list_path_infos(&self, limit: usize) -> Result<Vec<DirEntry>, StoreError> {
+        self.call(self.client.list_path_infos(limit))
+    }
+
+    /// A validated Directory whose parent node announces `size` (a lower
+    /// bound of its real size, see `check_announced_size`).
+    pub fn directory(&self, digest: &B3Digest, size: u64) -> Result<Arc<Directory>, StoreError> {
+        let directory = match self.directories.get(digest) {
+            Some(d) => {
+                self.hit(true);
+                d
+            }
+            None => {
+                self.hit(false);
+                let d = match self.directory_from_disk(digest, size) {
+                    Some(d) => d,
+                    None => self.fetch_directories(digest, size)?,
+                };
+                let d = Arc::new(d);
+                self.directories.insert(*digest, d.clone());
+                d
+            }
+        };
+        // The same Directory may be reached through several parents; each
+        // one's node must announce at least its size, or that parent is
+        // corrupt.
+        check_announced_size(size, directory.size).map_err(|source| {
+            StoreError::InvalidDirectory {
+                digest: *digest,
+                source,
+            }
+        })?;
+        Ok(directory)
+    }
+
+    /// Fetches `digest` and, in the same call, the Directories below it;
+    /// caches them all and returns the first.
+    fn fetch_directories(&self, digest: &B3Digest, size: u64) -> Result<Directory, StoreError> {
+        let fetched = self.call(
+            self.client
+                .directories(digest, Some(size), DIRECTORY_PREFETCH),
+        )?;
+        let mut root = None;
+        let mut encodings = Vec::new();
+        for (directory, encoding) in fetched {
+            encodings.push((directory.digest, encoding));
+            if root.is_none() {
+                root = Some(directory);
+            } else {
+                self.directories
+                    .insert(directory.digest, Arc::new(directory));
+            }
+        }
+        if let Some(objects) = self.objects.clone() {
+            self.write_behind(move || {
+                for (digest, encoding) in encodings {
+                    objects.put(ObjectKind::Directory, &digest, &encoding);
+                }
+            });
+        }
+        root.ok_or(StoreError::DirectoryNotFound { digest: *digest })
+    }
+
+    fn directory_from_disk(&self, digest: &B3Digest, size: u64) -> Option<Directory> {
+        let objects = self.objects.as_ref()?;
+        let encoding = objects.get(ObjectKind::Directory, digest, None)?;
+        let valid = castore::Directory::decode(encoding)
+            .ok()
+            .and_then(|d| validate_directory(&d, digest, Some(size)).ok());
+        if valid.is_none() {
+            objects.reject(ObjectKind::Directory, digest);
+        }
+        valid
+    }
+
+    /// The chunks of a blob, or an empty list if it has no finer chunking.
+    pub fn chunk_list(&self, digest: &B3Digest, size: u64) -> Result<Arc<Vec<Chunk>>, StoreError> {
+        if let Some(list) = self.chunk_lists.get(digest) {
+            self.hit(true);
+            if list.iter().map(|c| c.size).sum::<u64>() == size || list.is_empty() {
+                return Ok(list);
+            }
+        }
+        self.hit(false);
+        let list = match self
+            .mappings
+            .as_ref()
+            .and_then(|m| m.chunk_list(digest, size))
+        {
+            Some(list) => list,
+            None => {
+                self.stats
+                    .store_chunk_list_calls
+                    .fetch_add(1, Ordering::Relaxed);
+                let list = self.call(self.client.blob_chunks(digest, size))?;
+                if let Some(mappings) = self.mappings.clone() {
+                    let (digest, list) = (*digest, list.clone());
+                    self.write_behind(move || mappings.put_chunk_list(&digest, &list));
+                }
+                list
+            }
+        };
+        let list = Arc::new(list);
+        self.chunk_lists.insert(*digest, list.clone());
+        Ok(list)
+    }
+}

@@ -1,0 +1,461 @@
+//! The read policy: how the bytes of an open file are obtained, verified
+//! and handed out.
+//!
+//! - A chunked blob is read chunk by chunk through the fetch path; a
+//!   random read of part of a chunk on disk reads and verifies only the
+//!   16 KiB groups it touches, through the chunk's outboard (rewritten
+//!   from the whole chunk when missing or wrong).
+//! - A small unchunked blob is one chunk.
+//! - A large unchunked blob lives in a file (the shared object, or a
+//!   private spool file) with its outboard verified against the digest
+//!   once, in memory; every read then checks each group it serves against
+//!   that outboard, so a file rewritten in place after it was opened is
+//!   caught on the next read, also through handles already open, and
+//!   fetched again.
+//! - Sequential readers get the next chunks read ahead, in a window that
+//!   doubles with every sequential read.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use blake3::hazmat::ChainingValue;
+
+use super::objects::ObjectKind;
+use super::outboard::{self, OutboardBuilder, GROUP};
+use super::source::{BlobSlot, ContentSource, OpenBlob, ReadError};
+use super::CachedStore;
+use crate::store::{B3Digest, Chunk, DirEntry, Directory, StoreError};
+
+/// Blobs (or chunks) up to this size are fetched into memory; larger blobs
+/// without finer chunking go to a file instead.
+pub const MAX_IN_MEMORY_BLOB: u64 = super::eviction::MAX_CHUNK_BYTES;
+/// Blobs up to this size are read whole without asking for their chunks
+/// (one chunk of a content-defined chunker is about this large anyway).
+const SMALL_BLOB: u64 = 256 << 10;
+/// How many chunks past a sequential read are read ahead from the disk
+/// cache: enough to keep the read-ahead thread busy while the guest works.
+const DISK_READAHEAD: usize = 8;
+/// Bytes of a whole blob read and verified at once (bounds the buffer).
+const WHOLE_BLOB_PIECE: u64 = 64 * GROUP;
+
+/// How the bytes of one blob are obtained once it has been opened.
+pub(super) enum BlobSource {
+    /// Pieces fetched on demand through the cache (the blob itself is the
+    /// single piece when it is small and unchunked).
+    Chunks(Arc<Vec<Chunk>>),
+    /// The whole blob in a file, checked on every read.
+    Whole(WholeBlob),
+}
+
+pub(super) struct WholeBlob {
+    file: File,
+    /// The chaining value of every group, verified against the digest.
+    leaves: Vec<ChainingValue>,
+    /// Whether `file` is the shared object (removed if it turns out bad).
+    shared: bool,
+}
+
+/// A cached copy that no longer matches its digest.
+fn changed_under_us(digest: &B3Digest, offset: u64) -> StoreError {
+    StoreError::Sink {
+        digest: *digest,
+        source: io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("the cached copy does not match the blob's outboard at offset {offset}"),
+        ),
+    }
+}
+
+impl CachedStore {
+    fn this(&self) -> Arc<Self> {
+        self.this
+            .upgrade()
+            .expect("a CachedStore is only used through its Arc")
+    }
+
+    /// The source of an open blob, set up on first read and shared after.
+    fn source(&self, blob: &OpenBlob) -> Result<Arc<BlobSource>, StoreError> {
+        let mut source = blob.slot.source.lock();
+        if let Some(s) = source.as_ref() {
+            return Ok(s.clone());
+        }
+        let whole = || {
+            BlobSource::Chunks(Arc::new(vec![Chunk {
+                digest: blob.digest,
+                offset: 0,
+                size: blob.size,
+            }]))
+        };
+        let new = if blob.size <= SMALL_BLOB {
+            // Read whole at once: asking for its chunk list first would cost
+            // a round trip to save none.
+            whole()
+        } else {
+            let chunks = self.chunk_list(&blob.digest, blob.size)?;
+            if !chunks.is_empty() && chunks.iter().all(|c| c.size <= MAX_IN_MEMORY_BLOB) {
+                BlobSource::Chunks(chunks)
+            } else if blob.size <= MAX_IN_MEMORY_BLOB {
+                whole()
+            } else {
+                BlobSource::Whole(self.whole_blob(&blob.digest, blob.size)?)
+            }
+        };
+        let new = Arc::new(new);
+        *source = Some(new.clone());
+        Ok(new)
+    }
+
+    /// A large unchunked blob: the shared object with a verified outboard,
+    /// or fetched from the store into a file (then published).
+    fn whole_blob(&self, digest: &B3Digest, size: u64) -> Result<WholeBlob, StoreError> {
+        if let Some(objects) = &self.objects {
+            if let Some(file) = objects.open_blob(digest, size) {
+                let groups = outboard::groups(size) as u64 * 32;
+                let leaves = objects
+                    .get(ObjectKind::Outboard, digest, Some(groups))
+                    .and_then(|o| outboard::verified_leaves(digest, size, &o));
+                let leaves = match leaves {
+                    Some(leaves) => Some(leaves),
+                    // No outboard, or a wrong one: rebuild it from the file,
+                    // which checks every byte of it once more.
+                    None => self.rebuild_outboard(&file, digest, size),
+                };
+                match leaves {
+                    Some(leaves) => {
+                        return Ok(WholeBlob {
+                            file,
+                            leaves,
+                            shared: true,
+                        })
+                    }
+                    None => objects.reject(ObjectKind::Blob, digest),
+                }
+            }
+        }
+        self.fetch_whole_blob(digest, size)
+    }
+
+    fn rebuild_outboard(
+        &self,
+        file: &File,
+        digest: &B3Digest,
+        size: u64,
+    ) -> Option<Vec<ChainingValue>> {
+        let mut builder = OutboardBuilder::default();
+        let mut buf = vec![0; WHOLE_BLOB_PIECE as usize];
+        let mut reader = file.take(size);
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => builder.update(&buf[..n]),
+                Err(_) => return None,
+            }
+        }
+        let outboard = builder.finish();
+        let leaves = outboard::verified_leaves(digest, size, &outboard)?;
+        if let Some(objects) = self.objects.clone() {
+            let digest = *digest;
+            self.write_behind(move || objects.put(ObjectKind::Outboard, &digest, &outboard));
+        }
+        Some(leaves)
+    }
+
+    fn fetch_whole_blob(&self, digest: &B3Digest, size: u64) -> Result<WholeBlob, StoreError> {
+        let sink_error = |source| StoreError::Sink {
+            digest: *digest,
+            source,
+        };
+        let temp = match &self.objects {
+            Some(objects) => objects.temp_file(),
+            None => match &self.config.spool_dir {
+                Some(dir) => tempfile::NamedTempFile::new_in(dir),
+                None => tempfile::NamedTempFile::new(),
+            },
+        };
+        let mut temp = temp.map_err(sink_error)?;
+        let mut builder = OutboardBuilder::default();
+        self.call(self.client.read_blob(digest, size, |piece| {
+            builder.update(piece);
+            temp.write_all(piece)
+        }))?;
+        self.stats
+            .store_bytes_fetched
+            .fetch_add(size, Ordering::Relaxed);
+        let outboard = builder.finish();
+        let leaves = outboard::verified_leaves(digest, size, &outboard)
+            .ok_or_else(|| changed_under_us(digest, 0))?;
+        // The same open file (read-write, so pread works): no second open.
+        let file = temp.as_file().try_clone().map_err(sink_error)?;
+        match self.objects.clone() {
+            Some(objects) => {
+                let digest = *digest;
+                self.write_behind(move || {
+                    objects.put(ObjectKind::Outboard, &digest, &outboard);
+                    if let Err(e) = objects.publish_file(ObjectKind::Blob, &digest, temp) {
+                        tracing::warn!(blob = %digest, error = %e, "keeping a fetched blob in the disk cache failed");
+                    }
+                });
+                Ok(WholeBlob {
+                    file,
+                    leaves,
+                    shared: true,
+                })
+            }
+            // Without a disk cache the file is unlinked once closed.
+            None => Ok(WholeBlob {
+                file,
+                leaves,
+                shared: false,
+            }),
+        }
+    }
+
+    /// Bytes `offset..end` of a whole blob, each group checked.
+    fn read_whole(
+        &self,
+        blob: &OpenBlob,
+        whole: &WholeBlob,
+        offset: u64,
+        end: u64,
+        out: &mut dyn Write,
+    ) -> Result<(), ReadError> {
+        let mut at = offset / GROUP * GROUP;
+        let mut buf = Vec::new();
+        while at < end {
+            let stop = (at + WHOLE_BLOB_PIECE).min(blob.size);
+            buf.resize((stop - at) as usize, 0);
+            let read = whole.file.read_exact_at(&mut buf, at);
+            for (i, group) in buf.chunks(GROUP as usize).enumerate() {
+                let group_at = at + i as u64 * GROUP;
+                if group_at >= end {
+                    break;
+                }
+                if read.is_err() || !outboard::group_matches(&whole.leaves, group_at, group) {
+                    return Err(ReadError::Store(Arc::new(changed_under_us(
+                        &blob.digest,
+                        group_at,
+                    ))));
+                }
+                let from = offset.max(group_at) - group_at;
+                let to = end.min(group_at + group.len() as u64) - group_at;
+                out.write_all(&group[from as usize..to as usize])
+                    .map_err(ReadError::Guest)?;
+            }
+            at = stop;
+        }
+        Ok(())
+    }
+
+    /// The read of a chunked (or small) blob, with read-ahead.
+    fn read_chunks(
+        &self,
+        blob: &OpenBlob,
+        chunks: &[Chunk],
+        offset: u64,
+        end: u64,
+        run: u32,
+        out: &mut dyn Write,
+    ) -> Result<usize, ReadError> {
+        let this = self.this();
+        let first = chunks.partition_point(|c| c.offset + c.size <= offset);
+        let mut written = 0;
+        let mut last = first;
+        for (i, chunk) in chunks
+            .iter()
+            .enumerate()
+            .skip(first)
+            .take_while(|(_, c)| c.offset < end)
+        {
+            let from = offset.max(chunk.offset) - chunk.offset;
+            let to = end.min(chunk.offset + chunk.size) - chunk.offset;
+            // A random read of part of a chunk on disk: only the groups it
+            // touches are read and verified.
+            let part = if run == 0 && to - from < chunk.size {
+                self.chunk_part(chunk, from, to)
+            } else {
+                Err(PartMiss::NotApplicable)
+            };
+            match part {
+                Ok(part) => out.write_all(&part).map_err(ReadError::Guest)?,
+                Err(miss) => {
+                    let data = this.chunk(chunk).map_err(ReadError::Store)?;
+                    if miss == PartMiss::NoOutboard {
+                        self.write_outboard(chunk, &data);
+                    }
+                    out.write_all(&data[from as usize..to as usize])
+                        .map_err(ReadError::Guest)?;
+                }
+            }
+            written += (to - from) as usize;
+            last = i;
+        }
+        if run == 0 {
+            blob.readahead_end.store(0, Ordering::Relaxed);
+        } else if self.config.readahead_chunks > 0 {
+            // Like the kernel's: the window doubles with every sequential
+            // read (2, 4, 8, ...) up to the bound, so a reader that only
+            // peeks at the start costs little. Chunks already handed over
+            // are not looked at again.
+            let window = self.config.readahead_chunks.min(1 << run.min(16));
+            let end = chunks.len().min(last + 1 + window);
+            let start = (last + 1).max(blob.readahead_end.load(Ordering::Relaxed));
+            if start < end {
+                let from_disk = (last + 1 + DISK_READAHEAD).saturating_sub(start);
+                let queued = this.prefetch(&chunks[start..end], from_disk);
+                blob.readahead_end.store(start + queued, Ordering::Relaxed);
+            }
+        }
+        Ok(written)
+    }
+
+    /// Bytes `from..to` of `chunk` read from the disk cache without the
+    /// rest of the chunk and verified through its outboard, when the chunk
+    /// is not in memory or on its way.
+    fn chunk_part(&self, chunk: &Chunk, from: u64, to: u64) -> Result<bytes::Bytes, PartMiss> {
+        let Some(objects) = self.objects.as_ref() else {
+            return Err(PartMiss::NotApplicable);
+        };
+        if chunk.size <= GROUP || from >= to || to > chunk.size || self.in_memory_or_flight(chunk) {
+            return Err(PartMiss::NotApplicable);
+        }
+        let groups = outboard::groups(chunk.size) as u64 * 32;
+        let outboard = objects
+            .get(ObjectKind::Outboard, &chunk.digest, Some(groups))
+            .ok_or(PartMiss::NoOutboard)?;
+        let (start, end) = outboard::aligned(from, to, chunk.size);
+        let data = objects
+            .get_range(
+                ObjectKind::Chunk,
+                &chunk.digest,
+                chunk.size,
+                start,
+                (end - start) as usize,
+            )
+            .ok_or(PartMiss::NotApplicable)?;
+        if !outboard::verify_range(&chunk.digest, chunk.size, &outboard, start, &data) {
+            // Either file may be wrong: the whole-chunk read that follows
+            // checks the chunk file, and the outboard is written again.
+            tracing::warn!(digest = %chunk.digest, start, end, "part of a cached chunk failed verification through its outboard");
+            objects.reject(ObjectKind::Outboard, &chunk.digest);
+            return Err(PartMiss::NoOutboard);
+        }
+        self.hit(false);
+        Ok(bytes::Bytes::from(data).slice((from - start) as usize..(to - start) as usize))
+    }
+
+    /// Writes the outboard of a verified chunk (one cached before
+    /// outboards were, or whose outboard went missing or bad).
+    fn write_outboard(&self, chunk: &Chunk, data: &[u8]) {
+        if let (Some(objects), Some(outboard)) = (self.objects.clone(), outboard::compute(data)) {
+            let digest = chunk.digest;
+            self.write_behind(move || objects.put(ObjectKind::Outboard, &digest, &outboard));
+        }
+    }
+}
+
+/// Why [`CachedStore::chunk_part`] did not serve a part of a chunk.
+#[derive(Debug, PartialEq)]
+enum PartMiss {
+    /// No disk cache, a small chunk, or the chunk is (about to be) in
+    /// memory or not on disk.
+    NotApplicable,
+    /// The chunk is on disk but its outboard is missing or was wrong.
+    NoOutboard,
+}
+
+impl ContentSource for CachedStore {
+    fn path_info(&self, hash: [u8; 20], name: &[u8]) -> Result<Option<DirEntry>, StoreError> {
+        CachedStore::path_info(self, hash, name)
+    }
+
+    fn list_path_infos(&self, limit: usize) -> Result<Vec<DirEntry>, StoreError> {
+        CachedStore::list_path_infos(self, limit)
+    }
+
+    fn directory(&self, digest: &B3Digest, size: u64) -> Result<Arc<Directory>, StoreError> {
+        CachedStore::directory(self, digest, size)
+    }
+
+    fn open_blob(&self, digest: B3Digest, size: u64) -> OpenBlob {
+        let mut slots = self.blob_slots.lock();
+        let key = (digest, size);
+        let slot = match slots.get(&key).and_then(std::sync::Weak::upgrade) {
+            Some(slot) => slot,
+            None => {
+                slots.retain(|_, w| w.strong_count() > 0);
+                let slot = Arc::new(BlobSlot::default());
+                slots.insert(key, Arc::downgrade(&slot));
+                slot
+            }
+        };
+        OpenBlob::new(digest, size, slot)
+    }
+
+    /// One read of an open blob; a whole blob found changed is dropped
+    /// (and removed from disk) and read once more from a fresh copy.
+    fn read(
+        &self,
+        blob: &OpenBlob,
+        offset: u64,
+        count: u32,
+        out: &mut dyn Write,
+    ) -> Result<usize, ReadError> {
+        if blob.size == 0 {
+            if blob.digest != B3Digest::of(b"") {
+                return Err(ReadError::Store(Arc::new(StoreError::BlobSizeMismatch {
+                    digest: blob.digest,
+                    expected: 0,
+                    actual: 1,
+                })));
+            }
+            return Ok(0);
+        }
+        if offset >= blob.size {
+            return Ok(0);
+        }
+        let end = blob.size.min(offset.saturating_add(u64::from(count)));
+        let sequential = blob.next_offset.swap(end, Ordering::Relaxed) == offset;
+        let run = if sequential {
+            blob.sequential_reads
+                .fetch_add(1, Ordering::Relaxed)
+                .saturating_add(1)
+        } else {
+            blob.sequential_reads.store(0, Ordering::Relaxed);
+            0
+        };
+        for attempt in 0..2 {
+            let source = self
+                .source(blob)
+                .map_err(|e| ReadError::Store(Arc::new(e)))?;
+            let result = match &*source {
+                BlobSource::Chunks(chunks) => {
+                    return self.read_chunks(blob, chunks, offset, end, run, out)
+                }
+                BlobSource::Whole(whole) => self.read_whole(blob, whole, offset, end, out),
+            };
+            match result {
+                Ok(()) => return Ok((end - offset) as usize),
+                Err(ReadError::Store(e)) if attempt == 0 => {
+                    tracing::error!(error = %e, "a cached blob changed after it was verified; fetching it again");
+                    self.stats
+                        .verification_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    if let (BlobSource::Whole(w), Some(objects)) = (&*source, &self.objects) {
+                        if w.shared {
+                            objects.reject(ObjectKind::Blob, &blob.digest);
+                        }
+                    }
+                    let mut slot = blob.slot.source.lock();
+                    if slot.as_ref().is_some_and(|s| Arc::ptr_eq(s, &source)) {
+                        *slot = None;
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        unreachable!("the second attempt returns")
+    }
+}

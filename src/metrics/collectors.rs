@@ -1,0 +1,210 @@
+//! Metrics read when they are rendered, from counters that live elsewhere:
+//! the cache's [`Stats`](crate::cache::Stats) and memory use, and the
+//! filesystem's live inodes and open handles.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Unit;
+
+use crate::cache::CachedStore;
+use crate::fs::StoreFs;
+
+/// Writes one counter or gauge, optionally with one label.
+fn write(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    samples: &[(Option<(&str, &str)>, Sample)],
+) -> Result<(), std::fmt::Error> {
+    let Some((_, first)) = samples.first() else {
+        return Ok(());
+    };
+    let metric_type = match first {
+        Sample::Counter(_) => ConstCounter::new(0u64).metric_type(),
+        Sample::Gauge(_) => ConstGauge::new(0i64).metric_type(),
+    };
+    let mut metric = encoder.encode_descriptor(name, help, unit, metric_type)?;
+    if let [(None, value)] = samples {
+        return value.encode(metric);
+    }
+    for (label, value) in samples {
+        let label: &[(&str, &str)] = match label {
+            Some(label) => std::slice::from_ref(label),
+            None => &[],
+        };
+        value.encode(metric.encode_family(&label)?)?;
+    }
+    Ok(())
+}
+
+/// A value read at render time.
+#[derive(Clone, Copy)]
+enum Sample {
+    Counter(u64),
+    Gauge(u64),
+}
+
+impl Sample {
+    fn encode(
+        self,
+        encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        match self {
+            Sample::Counter(v) => ConstCounter::new(v).encode(encoder),
+            Sample::Gauge(v) => {
+                ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX)).encode(encoder)
+            }
+        }
+    }
+}
+
+/// The cache's counters, by layer where they have one.
+pub(super) struct CacheCollector {
+    store: Arc<CachedStore>,
+}
+
+impl std::fmt::Debug for CacheCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CacheCollector")
+    }
+}
+
+impl CacheCollector {
+    pub(super) fn new(store: Arc<CachedStore>) -> Self {
+        Self { store }
+    }
+}
+
+impl Collector for CacheCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stats = self.store.stats();
+        let read = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+        let memory = Some(("layer", "memory"));
+        let disk = Some(("layer", "disk"));
+        use Sample::{Counter, Gauge};
+        write(
+            &mut encoder,
+            "cache_hits",
+            "Lookups answered by a cache layer (chunks, Directories, chunk lists, path infos).",
+            None,
+            &[
+                (memory, Counter(read(&stats.memory_hits))),
+                (disk, Counter(read(&stats.disk_hits))),
+            ],
+        )?;
+        write(
+            &mut encoder,
+            "cache_misses",
+            "Lookups that went past a cache layer (on disk: also entries that failed \
+             verification there).",
+            None,
+            &[
+                (memory, Counter(read(&stats.memory_misses))),
+                (disk, Counter(read(&stats.disk_misses))),
+            ],
+        )?;
+        let mut bytes = vec![(memory, Gauge(self.store.memory_bytes()))];
+        if self.store.disk().is_some() {
+            bytes.push((disk, Gauge(read(&stats.disk_bytes))));
+        }
+        write(
+            &mut encoder,
+            "cache",
+            "Bytes in a cache layer (memory: now; disk: the whole shared directory at the last \
+             scan).",
+            Some(&Unit::Bytes),
+            &bytes,
+        )?;
+        write(
+            &mut encoder,
+            "cache_evictions",
+            "Files this daemon evicted from the disk cache.",
+            None,
+            &[(disk, Counter(read(&stats.disk_evictions)))],
+        )?;
+        write(
+            &mut encoder,
+            "cache_disk_written",
+            "Bytes this daemon added to the disk cache.",
+            Some(&Unit::Bytes),
+            &[(None, Counter(read(&stats.disk_bytes_written)))],
+        )?;
+        write(
+            &mut encoder,
+            "cache_disk_range_reads",
+            "Parts of chunks read from disk and verified through their outboard.",
+            None,
+            &[(None, Counter(read(&stats.disk_range_reads)))],
+        )?;
+        write(
+            &mut encoder,
+            "store_fetched",
+            "Blob bytes received from the store.",
+            Some(&Unit::Bytes),
+            &[(None, Counter(read(&stats.store_bytes_fetched)))],
+        )?;
+        write(
+            &mut encoder,
+            "store_fetches_in_flight",
+            "Chunk fetches running now.",
+            None,
+            &[(None, Gauge(read(&stats.fetches_in_flight)))],
+        )?;
+        write(
+            &mut encoder,
+            "cache_singleflight_joins",
+            "Chunk requests that joined a fetch already running.",
+            None,
+            &[(None, Counter(read(&stats.singleflight_joins)))],
+        )?;
+        write(
+            &mut encoder,
+            "readahead_chunks",
+            "Chunks fetched ahead of sequential readers.",
+            None,
+            &[(None, Counter(read(&stats.readahead_chunks)))],
+        )
+    }
+}
+
+/// Live inodes and open handles of the filesystem.
+pub(super) struct FsCollector {
+    fs: Arc<StoreFs>,
+}
+
+impl std::fmt::Debug for FsCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FsCollector")
+    }
+}
+
+impl FsCollector {
+    pub(super) fn new(fs: Arc<StoreFs>) -> Self {
+        Self { fs }
+    }
+}
+
+impl Collector for FsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        write(
+            &mut encoder,
+            "inodes",
+            "Inodes the guest holds (besides the root).",
+            None,
+            &[(None, Sample::Gauge(self.fs.inode_count() as u64))],
+        )?;
+        write(
+            &mut encoder,
+            "open_handles",
+            "Open file and directory handles.",
+            None,
+            &[(None, Sample::Gauge(self.fs.open_handle_count() as u64))],
+        )
+    }
+}

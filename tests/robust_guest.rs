@@ -1,0 +1,190 @@
+//! A malicious guest through the test VMM (vhost-user, no QEMU): opens
+//! without releasing, FORGET games, a READ through aliased indirect
+//! descriptors, a second INIT. The daemon answers every request, stays
+//! within its bounds (handles, inodes, READ size, resident memory from
+//! /proc), and keeps serving.
+
+mod common;
+#[path = "common/fuse_guest.rs"]
+mod fuse_guest;
+// Each test uses the part of the test VMM that it needs.
+#[allow(dead_code)]
+#[path = "common/vhost_frontend.rs"]
+mod vhost_frontend;
+
+use fuse_backend_rs::abi::fuse_abi::{
+    ForgetIn, FsOptions, InitIn, InitOut, Opcode, OpenIn, OpenOut, ReadIn, ROOT_ID,
+};
+use vm_memory::ByteValued;
+
+use common::*;
+use fuse_guest::*;
+use vhost_frontend::Vmm;
+
+const HIPRIO: usize = 0;
+const MAX_HANDLES: usize = 64;
+const MAX_INODES: usize = 256;
+/// The READ size FUSE INIT negotiates (max_pages 256).
+const MAX_READ: u32 = 1 << 20;
+
+fn init(guest: &mut Guest) {
+    let init = InitIn {
+        major: 7,
+        minor: 31,
+        max_readahead: 128 << 10,
+        flags: (FsOptions::ASYNC_READ | FsOptions::MAX_PAGES).bits() as u32,
+    };
+    let reply: InitOut = decode(
+        &guest
+            .request(REQUESTS, Opcode::Init, 0, init.as_slice())
+            .ok(),
+    );
+    assert_eq!(reply.major, 7);
+}
+
+fn open(guest: &mut Guest, nodeid: u64) -> Outcome {
+    let open = OpenIn {
+        flags: libc::O_RDONLY as u32,
+        fuse_flags: 0,
+    };
+    guest.request(REQUESTS, Opcode::Open, nodeid, open.as_slice())
+}
+
+fn forget(guest: &mut Guest, nodeid: u64, nlookup: u64) {
+    let unique = guest.next_unique();
+    let body = ForgetIn { nlookup };
+    let chain = [vhost_frontend::Buf::Readable(
+        [message(Opcode::Forget as u32, unique, nodeid, body.as_slice()).as_slice()].concat(),
+    )];
+    let used = guest.vmm.call(HIPRIO, &chain, TIMEOUT);
+    assert_eq!(used.len, 0, "FORGET got a reply");
+}
+
+fn start() -> (Fixture, VhostUserDaemon, Guest) {
+    let fixture = Fixture::start(&robust_tree(), &["--adversarial"]);
+    let daemon = VhostUserDaemon::start(
+        &fixture.address(),
+        &[
+            "--max-open-handles",
+            &MAX_HANDLES.to_string(),
+            "--max-inodes",
+            &MAX_INODES.to_string(),
+        ],
+    );
+    let mut guest = Guest {
+        vmm: Vmm::connect(&daemon.socket, 2, false),
+        unique: 0,
+    };
+    init(&mut guest);
+    (fixture, daemon, guest)
+}
+
+/// A lookup and a read of `pkg-1.0/hello` work.
+fn assert_serving(guest: &mut Guest, fixture: &Fixture, daemon: &mut VhostUserDaemon) {
+    let pkg = guest.lookup_ok(ROOT_ID, &fixture.store_path("pkg-1.0"));
+    let hello = guest.lookup_ok(pkg.nodeid, "hello");
+    let fh = match open(guest, hello.nodeid) {
+        Outcome::Reply { error: 0, body } => decode::<OpenOut>(&body).fh,
+        other => panic!("open hello: {other:?}"),
+    };
+    assert_eq!(guest.read(hello.nodeid, fh).ok(), ROBUST_HELLO);
+    guest.request(
+        REQUESTS,
+        Opcode::Release,
+        hello.nodeid,
+        fuse_backend_rs::abi::fuse_abi::ReleaseIn {
+            fh,
+            ..Default::default()
+        }
+        .as_slice(),
+    );
+    assert!(daemon.is_running(), "daemon died:\n{}", daemon.log());
+}
+
+#[test]
+fn a_malicious_guest_leaves_the_daemon_serving_and_bounded() {
+    let (fixture, mut daemon, mut guest) = start();
+    let rss_start = rss_bytes(daemon.pid());
+    let pkg = guest.lookup_ok(ROOT_ID, &fixture.store_path("pkg-1.0"));
+
+    // A READ with 4 GiB of room, made of one 512 KiB buffer listed 8000
+    // times in an indirect table: answered with at most the negotiated size.
+    let big = guest.lookup_ok(pkg.nodeid, "big");
+    let fh = decode::<OpenOut>(&open(&mut guest, big.nodeid).ok()).fh;
+    let read = ReadIn {
+        fh,
+        size: u32::MAX,
+        ..Default::default()
+    };
+    let unique = guest.next_unique();
+    let request = message(Opcode::Read as u32, unique, big.nodeid, read.as_slice());
+    let used = guest
+        .vmm
+        .call_aliased_indirect(REQUESTS, &request, 512 << 10, 8000, TIMEOUT);
+    assert!(
+        used > 16 && used <= 16 + MAX_READ,
+        "READ through aliased descriptors answered {used} bytes"
+    );
+
+    // OPEN without RELEASE: ENFILE at the bound, nothing else.
+    let hello = guest.lookup_ok(pkg.nodeid, "hello");
+    let mut refused = 0;
+    for _ in 0..4 * MAX_HANDLES {
+        match open(&mut guest, hello.nodeid) {
+            Outcome::Reply { error: 0, .. } => {}
+            other => {
+                assert_eq!(other.errno(), libc::ENFILE);
+                refused += 1;
+            }
+        }
+    }
+    assert!(
+        refused >= 3 * MAX_HANDLES - 1,
+        "only {refused} opens refused"
+    );
+
+    // Lookups without FORGET: ENOMEM at the inode bound.
+    let many = guest.lookup_ok(pkg.nodeid, "many");
+    let mut enomem = 0;
+    for i in 0..400 {
+        match guest.lookup(many.nodeid, &format!("file-{i:03}")) {
+            Outcome::Reply { error: 0, .. } => {}
+            other => {
+                assert_eq!(other.errno(), libc::ENOMEM);
+                enomem += 1;
+            }
+        }
+    }
+    assert!(enomem >= 400 - MAX_INODES, "only {enomem} lookups refused");
+
+    // FORGET games: forget a directory, look it up again; what was found
+    // below the old one is gone, so relookup loops stay within the bound.
+    forget(&mut guest, many.nodeid, u64::MAX);
+    let file = guest.lookup(many.nodeid, "file-000");
+    assert_eq!(file.errno(), libc::ESTALE, "lookup below a forgotten inode");
+    for round in 0..2 * MAX_INODES {
+        let sub = guest.lookup_ok(pkg.nodeid, "sub");
+        let deeper = guest.lookup(sub.nodeid, "deeper");
+        assert!(
+            matches!(deeper, Outcome::Reply { error: 0, .. }),
+            "round {round}: {deeper:?}"
+        );
+        forget(&mut guest, sub.nodeid, u64::MAX);
+        // Forgetting what was never looked up, or the root, is harmless.
+        forget(&mut guest, 0xdead_beef, 1);
+        forget(&mut guest, ROOT_ID, 1);
+    }
+
+    // A second INIT: a new session, with empty tables.
+    init(&mut guest);
+    let stale = guest.getattr(pkg.nodeid);
+    assert_eq!(stale.errno(), libc::ESTALE, "inode kept across INIT");
+    assert_serving(&mut guest, &fixture, &mut daemon);
+
+    let rss_end = rss_bytes(daemon.pid());
+    eprintln!("daemon RSS: {rss_start} bytes at start, {rss_end} after");
+    assert!(
+        rss_end < rss_start + (64 << 20),
+        "RSS grew from {rss_start} to {rss_end}"
+    );
+}
