@@ -20,7 +20,7 @@ time cargo fuzz build
 targets=$(cargo fuzz list)
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
-# The FUSE target's fixture (a disk cache) goes to a temporary directory.
+# The FUSE target's stand-in for /dev/fuse (a temporary file) goes there.
 export TMPDIR=$scratch
 for target in $targets; do
   mkdir -p "$scratch/$target"

@@ -23,7 +23,7 @@ use tvix_virtiofsd::proto::store::path_info_service_client::PathInfoServiceClien
 use tvix_virtiofsd::proto::store::{
     get_path_info_request, GetPathInfoRequest, ListPathInfoRequest,
 };
-use tvix_virtiofsd::store::answers::chunks_of_stat;
+use tvix_virtiofsd::store::chunk_list::validate_chunk_list;
 use tvix_virtiofsd::store::{store_path, B3Digest, StoreAddress, TlsSettings};
 use tvix_virtiofsd_fuzz::fixture::{store_path_names, SUB_ENTRIES, TREE_ENTRIES};
 use tvix_virtiofsd_fuzz::guest::frame;
@@ -122,8 +122,7 @@ async fn store_seeds(corpus: &Path, address: &str, names: &[String]) -> anyhow::
         let mut seed = file.size.to_le_bytes().to_vec();
         seed.extend_from_slice(&answer.encode_to_vec());
         write_seed(corpus, "chunk_list", &seed)?;
-        let digest = B3Digest::try_from(file.digest.as_ref())?;
-        if let Ok(chunks) = chunks_of_stat(&digest, file.size, &answer) {
+        if let Ok(chunks) = validate_chunk_list(&answer.chunks, file.size) {
             if !chunks.is_empty() {
                 let mut seed = file.size.to_le_bytes().to_vec();
                 seed.extend_from_slice(&encode_chunk_list(&chunks));

@@ -1,6 +1,6 @@
 //! A blob's chunk list: from the store (BlobService.Stat with chunks) and
-//! from the disk cache (40-byte records). The input is the blob's size
-//! (8 bytes, little-endian) followed by the message.
+//! from the disk cache (40-byte records, `cache::mappings`). The input is
+//! the blob's size (8 bytes, little-endian) followed by the message.
 
 #![no_main]
 
@@ -8,8 +8,8 @@ use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use tvix_virtiofsd::cache::{decode_chunk_list, encode_chunk_list};
 use tvix_virtiofsd::proto::castore;
-use tvix_virtiofsd::store::answers::chunks_of_stat;
-use tvix_virtiofsd::store::{B3Digest, Chunk};
+use tvix_virtiofsd::store::chunk_list::{max_chunks, validate_chunk_list};
+use tvix_virtiofsd::store::Chunk;
 
 /// A list the filesystem may slice by: contiguous from 0, no empty chunk,
 /// adding up to the blob's size.
@@ -31,11 +31,14 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let size = u64::from_le_bytes(*size);
-    let digest = B3Digest::of(message);
 
     if let Ok(answer) = castore::StatBlobResponse::decode(message) {
-        if let Ok(chunks) = chunks_of_stat(&digest, size, &answer) {
+        if let Ok(chunks) = validate_chunk_list(&answer.chunks, size) {
             check(&chunks, size);
+            assert!(
+                chunks.len() as u64 <= max_chunks(size),
+                "list past the bound"
+            );
             // What the cache writes for it reads back the same.
             let stored = encode_chunk_list(&chunks);
             assert_eq!(decode_chunk_list(&stored, size), Some(chunks));

@@ -1,6 +1,6 @@
 //! The FUSE server with the filesystem behind it: request bytes from the
 //! guest (see `guest.rs` for the framing), over virtqueue descriptor chains
-//! in guest memory or /dev/fuse buffers, served from a store in a disk cache
+//! in guest memory or /dev/fuse buffers, served from a store held in memory
 //! (see `fixture.rs`). Each input starts a new filesystem, as a new VMM
 //! connection does.
 

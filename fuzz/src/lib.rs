@@ -4,4 +4,5 @@
 
 pub mod fixture;
 pub mod guest;
+pub mod memory_source;
 pub mod requests;
