@@ -8,6 +8,7 @@
 #   linux-image-cloud-amd64  the test guest's kernel (virtiofs as a module)
 #   fuse3                    /dev/fuse tooling for --mount
 #   gcc pkg-config           C parts of crates (blake3's assembly)
+#   g++                      libFuzzer, for the fuzz targets (fuzz/)
 #   the shellcheck linter    checks the scripts (scripts/test.sh)
 #   debootstrap e2fsprogs    the systemd test guest's Debian 12 root disk
 #   initramfs-tools          and its initramfs (scripts/systemd-guest/)
@@ -19,7 +20,7 @@ set -euo pipefail
 # flake.nix with the nixpkgs library (scripts/check-nix.sh).
 nix_packages=(nix-bin)
 
-packages=(qemu-system-x86 busybox-static cpio linux-image-cloud-amd64 fuse3 gcc pkg-config shellcheck
+packages=(qemu-system-x86 busybox-static cpio linux-image-cloud-amd64 fuse3 gcc g++ pkg-config shellcheck
   debootstrap e2fsprogs initramfs-tools)
 missing=()
 for p in "${packages[@]}" "${nix_packages[@]}"; do
@@ -32,4 +33,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 fi
 command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup" >&2; exit 1; }
+# cargo-fuzz runs the fuzz targets (scripts/fuzz-smoke.sh); pinned.
+cargo_fuzz_version=0.13.2
+cargo fuzz --version 2>/dev/null | grep -qx "cargo-fuzz $cargo_fuzz_version" \
+  || cargo install cargo-fuzz --version "$cargo_fuzz_version" --locked
 [ -e /dev/fuse ] || modprobe fuse 2>/dev/null || echo "warning: /dev/fuse missing; FUSE tests will fail" >&2

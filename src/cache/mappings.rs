@@ -196,7 +196,7 @@ impl PrivateMappings {
 }
 
 /// Chunk lists on disk: 32 bytes of digest and 8 of size (LE) per chunk.
-fn encode_chunk_list(chunks: &[Chunk]) -> Vec<u8> {
+pub fn encode_chunk_list(chunks: &[Chunk]) -> Vec<u8> {
     let mut out = Vec::with_capacity(chunks.len() * 40);
     for c in chunks {
         out.extend_from_slice(c.digest.as_bytes());
@@ -205,7 +205,7 @@ fn encode_chunk_list(chunks: &[Chunk]) -> Vec<u8> {
     out
 }
 
-fn decode_chunk_list(data: &[u8], size: u64) -> Option<Vec<Chunk>> {
+pub fn decode_chunk_list(data: &[u8], size: u64) -> Option<Vec<Chunk>> {
     if data.len() % 40 != 0 {
         return None;
     }

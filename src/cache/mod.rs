@@ -48,6 +48,7 @@ pub use eviction::{Outcome as EvictionOutcome, LOCK_WAIT as EVICTION_LOCK_WAIT};
 use fetch::ChunkFuture;
 pub use layout::{CacheLayout, InstanceName, LAYOUT};
 use mappings::PrivateMappings;
+pub use mappings::{decode_chunk_list, encode_chunk_list};
 pub use objects::{DiskCacheError, SharedObjects};
 use readahead::DiskReadahead;
 pub use reader::MAX_IN_MEMORY_BLOB;

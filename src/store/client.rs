@@ -14,6 +14,7 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 use super::address::{AddressError, StoreAddress, TlsSettings};
+use super::answers::path_info_entry;
 use super::chunk_list::validate_chunk_list;
 use super::deadline::CallDeadline;
 use super::digest::B3Digest;
@@ -305,21 +306,7 @@ impl StoreClient {
             Err(e) if e.is_not_found() => return Ok(None),
             Err(e) => return Err(e),
         };
-        let invalid = |reason: String| StoreError::InvalidPathInfo {
-            name: shown.to_string(),
-            reason,
-        };
-        let node = info.node.ok_or_else(|| invalid("no node".into()))?;
-        let entry = validate_node(&node).map_err(|e| invalid(e.to_string()))?;
-        if entry.name != name {
-            tracing::warn!(
-                asked = %shown,
-                got = %String::from_utf8_lossy(&entry.name),
-                "store answered with a path info of another name; treating as not found"
-            );
-            return Ok(None);
-        }
-        Ok(Some(entry))
+        path_info_entry(&info, name)
     }
 
     /// Lists every store path (PathInfoService.List), up to `limit` entries.

@@ -2,6 +2,7 @@
 //! everything the store sends, and the calls the filesystem needs.
 
 pub mod address;
+pub mod answers;
 pub mod chunk_list;
 pub mod client;
 pub mod deadline;
