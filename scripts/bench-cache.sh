@@ -184,7 +184,7 @@ mkdir -p "$mnt"
 mounts+=("$mnt")
 fuse_start() {  # LAT CACHEDIR STATS LOG: sets fuse_pid
   "$bindir/tvix-virtiofsd" --mount "$mnt" --store "grpc+unix://$work/lat$1.sock" \
-    --cache-dir "$2" --memory-cache-size "$memcache" --stats-file "$3" 2>"$4" &
+    --cache-dir "$2" --instance bench --memory-cache-size "$memcache" --stats-file "$3" 2>"$4" &
   fuse_pid=$!
   pids+=("$fuse_pid")
   local _
@@ -310,7 +310,7 @@ guest_row() {  # ROW REP BOOT(cold|warm|local)
       big=$big_path files=$files_path tools=$tools_path
       bench_drop_host_caches
       "$bindir/tvix-virtiofsd" --socket-path "$sock" --store "grpc+unix://$work/$row.sock" \
-        --cache never --entry-timeout 86400 --cache-dir "$work/guest.$row.cache" \
+        --cache never --entry-timeout 86400 --cache-dir "$work/guest.$row.cache" --instance bench \
         --memory-cache-size "$memcache" --stats-file "$id.stats" 2>"$id.log" & ;;
   esac
   dpid=$!

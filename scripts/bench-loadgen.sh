@@ -153,12 +153,12 @@ run_plain() {
 
 # ---- the run ----------------------------------------------------------------------------
 log "filling the disk cache (untimed)"
-run_ours fill "$workloads" --verify all -- --cache-dir "$work/cache"
+run_ours fill "$workloads" --verify all -- --cache-dir "$work/cache" --instance bench
 sed -i '/label=fill /d' "$results"
 for rep in $(seq "$reps"); do
   log "repetition $rep of $reps"
   run_ours ours-mem "$workloads" --warm -- --memory-cache-size "$memcache"
-  run_ours ours-disk "$workloads" -- --cache-dir "$work/cache" --memory-cache-size 64M
+  run_ours ours-disk "$workloads" -- --cache-dir "$work/cache" --instance bench --memory-cache-size 64M
   for w in meta readdir seq rand; do
     rm -rf "$work/cold-cache"
     run_ours ours-cold "$w" -- --cache-dir "$work/cold-cache"

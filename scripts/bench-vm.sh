@@ -141,7 +141,7 @@ mkdir -p "$warm_cache" "$work/mnt"
 mounts+=("$work/mnt")
 log "filling the warm disk cache through a FUSE mount"
 "$bindir/tvix-virtiofsd" --mount "$work/mnt" --store "grpc+unix://$work/store.sock" \
-  --cache-dir "$warm_cache" --stats-file "$work/fill.stats" 2>"$work/fill.log" &
+  --cache-dir "$warm_cache" --instance bench --stats-file "$work/fill.stats" 2>"$work/fill.log" &
 fill_pid=$!
 pids+=("$fill_pid")
 for _ in $(seq 100); do grep -qF " $work/mnt fuse" /proc/mounts && break; sleep 0.1; done
@@ -253,7 +253,7 @@ boot() {  # ROW REP KIND(seq|mix|par)
         state=warm
       fi
       dargs=("$bindir/tvix-virtiofsd" --socket-path "$sock" --store "grpc+unix://$work/store.sock"
-        --cache "$pol" --cache-dir "$cdir" --memory-cache-size "$memcache" --stats-file "$id.stats")
+        --cache "$pol" --cache-dir "$cdir" --instance bench --memory-cache-size "$memcache" --stats-file "$id.stats")
       case $row in
         *-4q) dargs+=(--num-request-queues 4) nq=4 ;;
         *-tp4) dargs+=(--thread-pool-size 4) ;;
