@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -369,18 +369,8 @@ impl Importer {
     /// Hashes a file (and its chunks) and registers it as a blob that is
     /// read from `path` on demand; returns its digest and size.
     fn import_file(&mut self, path: &Path) -> Result<(Digest, u64)> {
-        let mut file = fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
         let mut hasher = ChunkingHasher::new(self.chunk_size);
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = match file.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
-            };
-            hasher.update(&buf[..n]);
-        }
+        nar::read_in_pieces(path, |piece| hasher.update(piece))?;
         let (digest, len, spans) = hasher.finalize();
         debug!(path = %path.display(), digest = %hex(&digest), len, chunks = spans.len(), "imported file");
 

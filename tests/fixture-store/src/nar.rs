@@ -83,20 +83,7 @@ impl NarWriter {
             }
             self.string(b"contents");
             self.bytes(&meta.len().to_le_bytes());
-            let mut file =
-                fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
-            let mut buf = vec![0u8; 1 << 20];
-            let mut copied = 0u64;
-            loop {
-                let n = match file.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
-                };
-                self.bytes(&buf[..n]);
-                copied += n as u64;
-            }
+            let copied = read_in_pieces(path, |piece| self.bytes(piece))?;
             anyhow::ensure!(
                 copied == meta.len(),
                 "{} changed while hashing",
@@ -106,6 +93,24 @@ impl NarWriter {
         }
         self.string(b")");
         Ok(())
+    }
+}
+
+/// Feeds a file's bytes to `sink` in 1 MiB pieces; returns how many there
+/// were (the caller compares with the size it announced).
+pub fn read_in_pieces(path: &Path, mut sink: impl FnMut(&[u8])) -> Result<u64> {
+    let mut file = fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
+        };
+        sink(&buf[..n]);
+        total += n as u64;
     }
 }
 
