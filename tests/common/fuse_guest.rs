@@ -111,6 +111,27 @@ impl Guest {
         let body = read_in(fh);
         self.request(REQUESTS, Opcode::Read, nodeid, body.as_slice())
     }
+
+    /// READ of `size` bytes at `offset`, with room for all of them.
+    pub fn read_at(&mut self, nodeid: u64, fh: u64, offset: u64, size: u32) -> Outcome {
+        let unique = self.next_unique();
+        let body = ReadIn {
+            fh,
+            offset,
+            size,
+            ..Default::default()
+        };
+        let chain = [
+            Buf::Readable(message(
+                Opcode::Read as u32,
+                unique,
+                nodeid,
+                body.as_slice(),
+            )),
+            Buf::Writable(size + size_of::<OutHeader>() as u32),
+        ];
+        check("READ", unique, self.vmm.call(REQUESTS, &chain, TIMEOUT))
+    }
 }
 
 pub fn read_in(fh: u64) -> ReadIn {
