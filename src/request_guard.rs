@@ -25,6 +25,11 @@ pub fn request_panics() -> u64 {
     REQUEST_PANICS.load(Ordering::Relaxed)
 }
 
+/// The guard's counter as a `name value` line, like the stats file's.
+pub fn render() -> String {
+    format!("request_panics {}\n", request_panics())
+}
+
 /// The text a panic was raised with.
 pub fn panic_message(payload: &(dyn Any + Send)) -> &str {
     if let Some(s) = payload.downcast_ref::<&str>() {

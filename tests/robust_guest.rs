@@ -15,6 +15,10 @@ mod vhost_frontend;
 use fuse_backend_rs::abi::fuse_abi::{
     ForgetIn, FsOptions, InitIn, InitOut, Opcode, OpenIn, OpenOut, ReadIn, ROOT_ID,
 };
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
 use vm_memory::ByteValued;
 
 use common::*;
@@ -60,8 +64,49 @@ fn forget(guest: &mut Guest, nodeid: u64, nlookup: u64) {
     assert_eq!(used.len, 0, "FORGET got a reply");
 }
 
-fn start() -> (Fixture, VhostUserDaemon, Guest) {
+/// Where the daemon writes its stats file and Prometheus textfile.
+struct Counters {
+    stats: PathBuf,
+    metrics: PathBuf,
+}
+
+impl Counters {
+    /// Waits up to 15 s (both are rewritten every few seconds) for the stats
+    /// file to show `name value` for every pair of `stats`, and the textfile
+    /// every sample of `metrics`, then returns both as read last.
+    fn wait_for(
+        &self,
+        stats: &[(&str, u64)],
+        metrics: &[(&str, u64)],
+    ) -> (HashMap<String, u64>, String) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let counters = read_counters(&self.stats);
+            let text = std::fs::read_to_string(&self.metrics).unwrap_or_default();
+            let stats_ok = stats.iter().all(|(k, v)| counters.get(*k) == Some(v));
+            let metrics_ok = metrics.iter().all(|(k, v)| sample(&text, k) == Some(*v));
+            if stats_ok && metrics_ok || Instant::now() > deadline {
+                return (counters, text);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// The value of one sample line (`name{labels} value`) of a textfile.
+fn sample(metrics: &str, series: &str) -> Option<u64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+fn start() -> (Fixture, VhostUserDaemon, Guest, Counters) {
     let fixture = Fixture::start(&robust_tree(), &["--adversarial"]);
+    let dir = scratch("guest-counters");
+    let counters = Counters {
+        stats: dir.join("stats"),
+        metrics: dir.join("tvix-virtiofsd.prom"),
+    };
     let daemon = VhostUserDaemon::start(
         &fixture.address(),
         &[
@@ -69,6 +114,10 @@ fn start() -> (Fixture, VhostUserDaemon, Guest) {
             &MAX_HANDLES.to_string(),
             "--max-inodes",
             &MAX_INODES.to_string(),
+            "--stats-file",
+            &counters.stats.display().to_string(),
+            "--metrics-file",
+            &counters.metrics.display().to_string(),
         ],
     );
     let mut guest = Guest {
@@ -76,7 +125,7 @@ fn start() -> (Fixture, VhostUserDaemon, Guest) {
         unique: 0,
     };
     init(&mut guest);
-    (fixture, daemon, guest)
+    (fixture, daemon, guest, counters)
 }
 
 /// A lookup and a read of `pkg-1.0/hello` work.
@@ -103,7 +152,7 @@ fn assert_serving(guest: &mut Guest, fixture: &Fixture, daemon: &mut VhostUserDa
 
 #[test]
 fn a_malicious_guest_leaves_the_daemon_serving_and_bounded() {
-    let (fixture, mut daemon, mut guest) = start();
+    let (fixture, mut daemon, mut guest, counters) = start();
     let rss_start = rss_bytes(daemon.pid());
     let pkg = guest.lookup_ok(ROOT_ID, &fixture.store_path("pkg-1.0"));
 
@@ -181,6 +230,30 @@ fn a_malicious_guest_leaves_the_daemon_serving_and_bounded() {
     assert_eq!(stale.errno(), libc::ESTALE, "inode kept across INIT");
     assert_serving(&mut guest, &fixture, &mut daemon);
 
+    // Every refusal counted, in the stats file and the metrics alike.
+    let expected = [
+        ("handles_refused", refused as u64),
+        ("inodes_refused", enomem as u64),
+        ("reads_capped", 1),
+        ("request_panics", 0),
+    ];
+    let series: Vec<(String, u64)> = [("handles", refused), ("inodes", enomem), ("read", 1)]
+        .into_iter()
+        .map(|(bound, n)| {
+            let name = format!("tvix_virtiofsd_guest_limit_refusals_total{{bound=\"{bound}\"}}");
+            (name, n as u64)
+        })
+        .chain([("tvix_virtiofsd_request_panics_total".to_string(), 0)])
+        .collect();
+    let series: Vec<(&str, u64)> = series.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    let (stats, metrics) = counters.wait_for(&expected, &series);
+    for (name, value) in expected {
+        assert_eq!(stats.get(name), Some(&value), "{name}: {stats:?}");
+    }
+    for (name, value) in series {
+        assert_eq!(sample(&metrics, name), Some(value), "{name}:\n{metrics}");
+    }
+
     let rss_end = rss_bytes(daemon.pid());
     eprintln!("daemon RSS: {rss_start} bytes at start, {rss_end} after");
     assert!(
@@ -194,7 +267,7 @@ fn a_malicious_guest_leaves_the_daemon_serving_and_bounded() {
 /// offset, `b` is never served whole, and the daemon serves on.
 #[test]
 fn one_digest_with_two_sizes_gives_eio_or_the_right_bytes_over_vhost_user() {
-    let (fixture, mut daemon, mut guest) = start();
+    let (fixture, mut daemon, mut guest, counters) = start();
     let content: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
     let dir = guest.lookup_ok(ROOT_ID, &fixture.store_path("adv-two-sizes"));
     const PIECE: u32 = 64 << 10;
@@ -245,6 +318,8 @@ fn one_digest_with_two_sizes_gives_eio_or_the_right_bytes_over_vhost_user() {
         );
     }
     assert_serving(&mut guest, &fixture, &mut daemon);
+    let (stats, _) = counters.wait_for(&[("request_panics", 0)], &[]);
+    assert_eq!(stats.get("request_panics"), Some(&0), "{stats:?}");
     assert!(
         !daemon.log().contains("panicked"),
         "a request panicked:\n{}",
