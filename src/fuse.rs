@@ -110,6 +110,7 @@ impl FuseMount {
                     // A worker that dies while the others serve must not
                     // look like an unmount: the process ends instead.
                     serve_or_exit(&format!("fuse-{i}"), || {
+                        crate::sandbox::restrict_serving_thread();
                         serve_channel(&server, channel, &stopping)
                     });
                     drop(live);

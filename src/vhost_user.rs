@@ -83,6 +83,7 @@ impl WorkerPool {
             thread::Builder::new()
                 .name(format!("fs-worker-{i}"))
                 .spawn(move || loop {
+                    crate::sandbox::restrict_serving_thread();
                     // The lock is only held while waiting for the next job.
                     let job = match receiver.lock() {
                         Ok(r) => r.recv(),
@@ -338,6 +339,7 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserBackend for FsBackend<F> {
         // A queue thread that died would leave its queue unserved while
         // all looks well: a panic escaping a request ends the process.
         serve_or_exit("vhost-user queue", || {
+            crate::sandbox::restrict_serving_thread();
             self.handle_queue_event(device_event, evset, vrings, thread_id)
         })
     }

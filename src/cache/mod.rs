@@ -302,8 +302,13 @@ impl CachedStore {
     }
 
     /// Writes to the disk cache behind the reader's back: a write may have
-    /// to evict, and no read waits for that.
+    /// to evict, and no read waits for that. Handed over from a runtime
+    /// thread: the blocking pool starts its threads from the caller's, and
+    /// one started from a serving thread would inherit that thread's
+    /// narrower seccomp filter (and lack the network for DNS).
     fn write_behind(&self, write: impl FnOnce() + Send + 'static) {
-        drop(self.runtime.spawn_blocking(write));
+        drop(self.runtime.spawn(async move {
+            drop(tokio::task::spawn_blocking(write));
+        }));
     }
 }
