@@ -16,7 +16,7 @@ use tvix_virtiofsd::cache::{CachedStore, StatsReporter};
 use tvix_virtiofsd::config::Cli;
 use tvix_virtiofsd::fs::StoreFs;
 use tvix_virtiofsd::fuse::FuseMount;
-use tvix_virtiofsd::metrics::{self, MeteredFs, MetricsFile, MetricsListener};
+use tvix_virtiofsd::metrics::{self, MetricsFile, MetricsListener};
 use tvix_virtiofsd::notify::Notifier;
 use tvix_virtiofsd::sandbox;
 use tvix_virtiofsd::store::{StoreClient, StoreError};
@@ -105,7 +105,6 @@ fn main() -> anyhow::Result<()> {
         cli.stats_file.clone(),
     ));
     metrics::global().watch_fs(fs.clone());
-    let fs = Arc::new(MeteredFs::new(fs));
     if let (Some(listener), Some(address)) = (metrics_listener, &cli.metrics_listen) {
         listener
             .serve(runtime.handle())
