@@ -280,8 +280,7 @@ mod tests {
         assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EIO));
         assert!(request_panics() > before);
         // Broken's LOOKUP is the trait's default (ENOSYS), measured too.
-        let name = CStr::from_bytes_with_nul(b"x\0").unwrap();
-        assert!(fs.lookup(&ctx, 1, name).is_err());
+        assert!(fs.lookup(&ctx, 1, c"x").is_err());
         let text = crate::metrics::global().render();
         for series in [
             "fuse_errors_total{opcode=\"getattr\",errno=\"EIO\"}",
