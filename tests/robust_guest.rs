@@ -13,7 +13,7 @@ mod fuse_guest;
 mod vhost_frontend;
 
 use fuse_backend_rs::abi::fuse_abi::{
-    ForgetIn, FsOptions, InitIn, InitOut, Opcode, OpenIn, OpenOut, ReadIn, ROOT_ID,
+    ForgetIn, FsOptions, InitOut, Opcode, OpenIn, OpenOut, ReadIn, ROOT_ID,
 };
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -23,7 +23,6 @@ use vm_memory::ByteValued;
 
 use common::*;
 use fuse_guest::*;
-use vhost_frontend::Vmm;
 
 const HIPRIO: usize = 0;
 const MAX_HANDLES: usize = 64;
@@ -32,17 +31,8 @@ const MAX_INODES: usize = 256;
 const MAX_READ: u32 = 1 << 20;
 
 fn init(guest: &mut Guest) {
-    let init = InitIn {
-        major: 7,
-        minor: 31,
-        max_readahead: 128 << 10,
-        flags: (FsOptions::ASYNC_READ | FsOptions::MAX_PAGES).bits() as u32,
-    };
-    let reply: InitOut = decode(
-        &guest
-            .request(REQUESTS, Opcode::Init, 0, init.as_slice())
-            .ok(),
-    );
+    let flags = (FsOptions::ASYNC_READ | FsOptions::MAX_PAGES).bits() as u32;
+    let reply: InitOut = decode(&guest.init(flags));
     assert_eq!(reply.major, 7);
 }
 
@@ -120,11 +110,9 @@ fn start() -> (Fixture, VhostUserDaemon, Guest, Counters) {
             &counters.metrics.display().to_string(),
         ],
     );
-    let mut guest = Guest {
-        vmm: Vmm::connect(&daemon.socket, 2, false),
-        unique: 0,
-    };
-    init(&mut guest);
+    let flags = (FsOptions::ASYNC_READ | FsOptions::MAX_PAGES).bits() as u32;
+    let (guest, reply) = Guest::connect(&daemon.socket, flags);
+    assert_eq!(decode::<InitOut>(&reply).major, 7);
     (fixture, daemon, guest, counters)
 }
 
@@ -137,16 +125,7 @@ fn assert_serving(guest: &mut Guest, fixture: &Fixture, daemon: &mut VhostUserDa
         other => panic!("open hello: {other:?}"),
     };
     assert_eq!(guest.read(hello.nodeid, fh).ok(), ROBUST_HELLO);
-    guest.request(
-        REQUESTS,
-        Opcode::Release,
-        hello.nodeid,
-        fuse_backend_rs::abi::fuse_abi::ReleaseIn {
-            fh,
-            ..Default::default()
-        }
-        .as_slice(),
-    );
+    guest.release(hello.nodeid, fh);
     assert!(daemon.is_running(), "daemon died:\n{}", daemon.log());
 }
 
@@ -306,16 +285,7 @@ fn one_digest_with_two_sizes_gives_eio_or_the_right_bytes_over_vhost_user() {
         if name == "b" {
             assert!(failed, "b: {served} bytes served for a wrong size");
         }
-        guest.request(
-            REQUESTS,
-            Opcode::Release,
-            entry.nodeid,
-            fuse_backend_rs::abi::fuse_abi::ReleaseIn {
-                fh,
-                ..Default::default()
-            }
-            .as_slice(),
-        );
+        guest.release(entry.nodeid, fh);
     }
     assert_serving(&mut guest, &fixture, &mut daemon);
     let (stats, _) = counters.wait_for(&[("request_panics", 0)], &[]);

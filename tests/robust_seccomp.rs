@@ -160,7 +160,7 @@ fn large_unchunked_blobs_with_a_disk_cache_in_kill_mode() {
 /// LOOKUP, OPEN, READ and FORGET.
 #[test]
 fn vhost_user_serving_threads_run_under_the_request_filter() {
-    use fuse_backend_rs::abi::fuse_abi::{InitIn, Opcode, OpenIn, OpenOut, ROOT_ID};
+    use fuse_backend_rs::abi::fuse_abi::{Opcode, OpenIn, OpenOut, ROOT_ID};
     use fuse_guest::{decode, Guest, REQUESTS};
     use vm_memory::ByteValued;
 
@@ -169,19 +169,7 @@ fn vhost_user_serving_threads_run_under_the_request_filter() {
         &fixture.address(),
         &["--seccomp", "kill", "--thread-pool-size", "2"],
     );
-    let mut guest = Guest {
-        vmm: vhost_frontend::Vmm::connect(&daemon.socket, 2, false),
-        unique: 0,
-    };
-    let init = InitIn {
-        major: 7,
-        minor: 31,
-        max_readahead: 128 << 10,
-        flags: 0,
-    };
-    guest
-        .request(REQUESTS, Opcode::Init, 0, init.as_slice())
-        .ok();
+    let (mut guest, _) = Guest::connect(&daemon.socket, 0);
     let pkg = guest.lookup_ok(ROOT_ID, &fixture.store_path("pkg-1.0"));
     let hello = guest.lookup_ok(pkg.nodeid, "hello");
     let open = OpenIn {

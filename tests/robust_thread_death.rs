@@ -27,7 +27,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fuse_backend_rs::abi::fuse_abi::{stat64, FsOptions, InitIn, Opcode, ROOT_ID};
+use fuse_backend_rs::abi::fuse_abi::{stat64, FsOptions, Opcode, ROOT_ID};
 use fuse_backend_rs::api::filesystem::{Context, Entry, FileSystem};
 use vm_memory::ByteValued;
 
@@ -223,19 +223,7 @@ fn vhost_user_case(mode: &str, thread: &str) {
     let log = dir.join("serving.log");
     let mut child = spawn_server(mode, &socket, &log);
     wait_for("the socket", &mut child, &log, || socket.exists());
-    let mut guest = Guest {
-        vmm: vhost_frontend::Vmm::connect(&socket, 2, false),
-        unique: 0,
-    };
-    let init = InitIn {
-        major: 7,
-        minor: 31,
-        max_readahead: 128 << 10,
-        flags: 0,
-    };
-    guest
-        .request(REQUESTS, Opcode::Init, 0, init.as_slice())
-        .ok();
+    let (mut guest, _) = Guest::connect(&socket, 0);
     // GETATTR's reply never comes: the process ends first. Sent by hand,
     // without waiting for the used ring.
     let unique = guest.next_unique();
