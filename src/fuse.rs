@@ -13,7 +13,7 @@ use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::transport::{FuseChannel, FuseSession};
 use tokio::sync::watch;
 
-use crate::request_guard::{note_panic, serve_or_exit, PanicGuard};
+use crate::request_guard::{note_panic, serve_or_exit, RequestGuard};
 use crate::sandbox::unmount::UnmountHelper;
 use crate::sandbox::SeccompMode;
 
@@ -95,7 +95,7 @@ impl FuseMount {
         fs: Arc<F>,
         threads: usize,
     ) -> Result<(), FuseError> {
-        let server = Arc::new(Server::new(Arc::new(PanicGuard::new(fs))));
+        let server = Arc::new(Server::new(Arc::new(RequestGuard::new(fs))));
         for i in 0..threads.max(1) {
             let channel = self
                 .session
@@ -110,6 +110,7 @@ impl FuseMount {
                     // A worker that dies while the others serve must not
                     // look like an unmount: the process ends instead.
                     serve_or_exit(&format!("fuse-{i}"), || {
+                        crate::sandbox::restrict_serving_thread();
                         serve_channel(&server, channel, &stopping)
                     });
                     drop(live);
@@ -213,7 +214,7 @@ impl Drop for LiveWorker {
 }
 
 fn serve_channel<F: FileSystem + Send + Sync>(
-    server: &Server<Arc<PanicGuard<Arc<F>>>>,
+    server: &Server<Arc<RequestGuard<Arc<F>>>>,
     mut channel: FuseChannel,
     stopping: &AtomicBool,
 ) {

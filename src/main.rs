@@ -16,7 +16,7 @@ use tvix_virtiofsd::cache::{CachedStore, StatsReporter};
 use tvix_virtiofsd::config::Cli;
 use tvix_virtiofsd::fs::StoreFs;
 use tvix_virtiofsd::fuse::FuseMount;
-use tvix_virtiofsd::metrics::{self, MeteredFs, MetricsFile, MetricsListener};
+use tvix_virtiofsd::metrics::{self, MetricsFile, MetricsListener};
 use tvix_virtiofsd::notify::Notifier;
 use tvix_virtiofsd::sandbox;
 use tvix_virtiofsd::store::{StoreClient, StoreError};
@@ -93,14 +93,18 @@ fn main() -> anyhow::Result<()> {
     if let Some(disk) = store.disk() {
         tracing::info!(dir = %disk.root().display(), bound = cli.disk_cache_size, "disk cache");
     }
-    let stats = Arc::new(StatsReporter::start(
-        store.stats().clone(),
-        cli.stats_file.clone(),
-    ));
+    let cache_stats = store.stats().clone();
     metrics::global().watch_cache(store.clone());
     let fs = Arc::new(StoreFs::new(fs_config, store));
+    let stats = Arc::new(StatsReporter::start(
+        cache_stats,
+        vec![Box::new({
+            let fs = fs.clone();
+            move || fs.limit_counters().render() + &tvix_virtiofsd::request_guard::render()
+        })],
+        cli.stats_file.clone(),
+    ));
     metrics::global().watch_fs(fs.clone());
-    let fs = Arc::new(MeteredFs::new(fs));
     if let (Some(listener), Some(address)) = (metrics_listener, &cli.metrics_listen) {
         listener
             .serve(runtime.handle())

@@ -1,21 +1,26 @@
-//! Every request ends with a reply: [`PanicGuard`] wraps a filesystem so
+//! Every request ends with a reply: [`RequestGuard`] wraps a filesystem so
 //! that a panic inside one request (a bug, or input nobody foresaw) is
 //! caught, logged with the operation and the panic message, counted, and
 //! answered with EIO, while the serving thread goes on with the next
-//! request. Both transports serve through it.
+//! request. The same layer measures each request for the metrics. Both
+//! transports serve through it.
 
 use std::any::Any;
 use std::ffi::CStr;
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64, CreateIn, SetattrValid};
+use fuse_backend_rs::abi::virtio_fs::RemovemappingOne;
 use fuse_backend_rs::api::filesystem::{
-    Context, DirEntry, Entry, FileSystem, FsOptions, GetxattrReply, ListxattrReply, OpenOptions,
-    ZeroCopyReader, ZeroCopyWriter,
+    Context, DirEntry, Entry, FileLock, FileSystem, FsOptions, GetxattrReply, IoctlData,
+    ListxattrReply, OpenOptions, ZeroCopyReader, ZeroCopyWriter,
 };
+use fuse_backend_rs::transport::FsCacheReqHandler;
+
+use crate::metrics::fuse as metrics;
 
 /// Requests whose handler panicked since the daemon started.
 static REQUEST_PANICS: AtomicU64 = AtomicU64::new(0);
@@ -23,6 +28,11 @@ static REQUEST_PANICS: AtomicU64 = AtomicU64::new(0);
 /// How many requests panicked (answered EIO) so far.
 pub fn request_panics() -> u64 {
     REQUEST_PANICS.load(Ordering::Relaxed)
+}
+
+/// The guard's counter as a `name value` line, like the stats file's.
+pub fn render() -> String {
+    format!("request_panics {}\n", request_panics())
 }
 
 /// The text a panic was raised with.
@@ -58,164 +68,71 @@ pub fn note_panic(operation: &str, payload: &(dyn Any + Send)) {
     );
 }
 
-/// A filesystem whose every request is answered, even when it panics.
-pub struct PanicGuard<F> {
+/// The one layer every request passes through, whichever transport
+/// brought it: a panic inside the request becomes EIO (see [`guarded`]),
+/// and the request is measured (time, errno, bytes READ) for the metrics.
+pub struct RequestGuard<F> {
     inner: F,
 }
 
-impl<F> PanicGuard<F> {
+impl<F> RequestGuard<F> {
     pub fn new(inner: F) -> Self {
         Self { inner }
     }
 }
 
-impl<F: FileSystem> FileSystem for PanicGuard<F> {
+/// Runs one request of `opcode`: guarded, then measured (a panic is
+/// measured as the EIO it is answered with).
+fn serve<T>(opcode: &'static str, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    let started = Instant::now();
+    let result = guarded(opcode, f);
+    metrics::observe(opcode, started, &result);
+    result
+}
+
+/// Forwards each listed method to the inner filesystem through [`serve`].
+macro_rules! served {
+    ($( fn $name:ident(&self $(, $arg:ident : $ty:ty)* $(,)?) -> $ret:ty; )*) => {
+        $(
+            fn $name(&self $(, $arg: $ty)*) -> $ret {
+                serve(stringify!($name), || self.inner.$name($($arg),*))
+            }
+        )*
+    };
+}
+
+impl<F: FileSystem> FileSystem for RequestGuard<F> {
     type Inode = F::Inode;
     type Handle = F::Handle;
 
-    fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
-        guarded("INIT", || self.inner.init(capable))
-    }
-
     fn destroy(&self) {
-        let _ = guarded("DESTROY", || {
+        let _ = serve("destroy", || {
             self.inner.destroy();
             Ok(())
         });
     }
 
-    fn lookup(&self, ctx: &Context, parent: F::Inode, name: &CStr) -> io::Result<Entry> {
-        guarded("LOOKUP", || self.inner.lookup(ctx, parent, name))
-    }
-
     fn forget(&self, ctx: &Context, inode: F::Inode, count: u64) {
-        let _ = guarded("FORGET", || {
+        let _ = serve("forget", || {
             self.inner.forget(ctx, inode, count);
             Ok(())
         });
     }
 
     fn batch_forget(&self, ctx: &Context, requests: Vec<(F::Inode, u64)>) {
-        let _ = guarded("BATCH_FORGET", || {
+        let _ = serve("batch_forget", || {
             self.inner.batch_forget(ctx, requests);
             Ok(())
         });
     }
 
-    fn getattr(
-        &self,
-        ctx: &Context,
-        inode: F::Inode,
-        handle: Option<F::Handle>,
-    ) -> io::Result<(stat64, Duration)> {
-        guarded("GETATTR", || self.inner.getattr(ctx, inode, handle))
-    }
-
-    fn setattr(
-        &self,
-        ctx: &Context,
-        inode: F::Inode,
-        attr: stat64,
-        handle: Option<F::Handle>,
-        valid: SetattrValid,
-    ) -> io::Result<(stat64, Duration)> {
-        guarded("SETATTR", || {
-            self.inner.setattr(ctx, inode, attr, handle, valid)
-        })
-    }
-
-    fn readlink(&self, ctx: &Context, inode: F::Inode) -> io::Result<Vec<u8>> {
-        guarded("READLINK", || self.inner.readlink(ctx, inode))
-    }
-
-    fn symlink(
-        &self,
-        ctx: &Context,
-        linkname: &CStr,
-        parent: F::Inode,
-        name: &CStr,
-    ) -> io::Result<Entry> {
-        guarded("SYMLINK", || {
-            self.inner.symlink(ctx, linkname, parent, name)
-        })
-    }
-
-    fn mknod(
-        &self,
-        ctx: &Context,
-        parent: F::Inode,
-        name: &CStr,
-        mode: u32,
-        rdev: u32,
-        umask: u32,
-    ) -> io::Result<Entry> {
-        guarded("MKNOD", || {
-            self.inner.mknod(ctx, parent, name, mode, rdev, umask)
-        })
-    }
-
-    fn mkdir(
-        &self,
-        ctx: &Context,
-        parent: F::Inode,
-        name: &CStr,
-        mode: u32,
-        umask: u32,
-    ) -> io::Result<Entry> {
-        guarded("MKDIR", || self.inner.mkdir(ctx, parent, name, mode, umask))
-    }
-
-    fn unlink(&self, ctx: &Context, parent: F::Inode, name: &CStr) -> io::Result<()> {
-        guarded("UNLINK", || self.inner.unlink(ctx, parent, name))
-    }
-
-    fn rmdir(&self, ctx: &Context, parent: F::Inode, name: &CStr) -> io::Result<()> {
-        guarded("RMDIR", || self.inner.rmdir(ctx, parent, name))
-    }
-
-    fn rename(
-        &self,
-        ctx: &Context,
-        olddir: F::Inode,
-        oldname: &CStr,
-        newdir: F::Inode,
-        newname: &CStr,
-        flags: u32,
-    ) -> io::Result<()> {
-        guarded("RENAME", || {
-            self.inner
-                .rename(ctx, olddir, oldname, newdir, newname, flags)
-        })
-    }
-
-    fn link(
-        &self,
-        ctx: &Context,
-        inode: F::Inode,
-        newparent: F::Inode,
-        newname: &CStr,
-    ) -> io::Result<Entry> {
-        guarded("LINK", || self.inner.link(ctx, inode, newparent, newname))
-    }
-
-    fn open(
-        &self,
-        ctx: &Context,
-        inode: F::Inode,
-        flags: u32,
-        fuse_flags: u32,
-    ) -> io::Result<(Option<F::Handle>, OpenOptions, Option<u32>)> {
-        guarded("OPEN", || self.inner.open(ctx, inode, flags, fuse_flags))
-    }
-
-    fn create(
-        &self,
-        ctx: &Context,
-        parent: F::Inode,
-        name: &CStr,
-        args: CreateIn,
-    ) -> io::Result<(Entry, Option<F::Handle>, OpenOptions, Option<u32>)> {
-        guarded("CREATE", || self.inner.create(ctx, parent, name, args))
+    fn lookup(&self, ctx: &Context, parent: F::Inode, name: &CStr) -> io::Result<Entry> {
+        let result = serve("lookup", || self.inner.lookup(ctx, parent, name));
+        if matches!(&result, Ok(entry) if entry.inode == 0) {
+            // A negative entry: the guest gets ENOENT.
+            metrics::negative_lookup();
+        }
+        result
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -230,194 +147,61 @@ impl<F: FileSystem> FileSystem for PanicGuard<F> {
         lock_owner: Option<u64>,
         flags: u32,
     ) -> io::Result<usize> {
-        guarded("READ", || {
+        let result = serve("read", || {
             self.inner
                 .read(ctx, inode, handle, w, size, offset, lock_owner, flags)
-        })
+        });
+        if let Ok(bytes) = &result {
+            metrics::read_bytes(*bytes);
+        }
+        result
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn write(
-        &self,
-        ctx: &Context,
-        inode: F::Inode,
-        handle: F::Handle,
-        r: &mut dyn ZeroCopyReader,
-        size: u32,
-        offset: u64,
-        lock_owner: Option<u64>,
-        delayed_write: bool,
-        flags: u32,
-        fuse_flags: u32,
-    ) -> io::Result<usize> {
-        guarded("WRITE", || {
-            self.inner.write(
-                ctx,
-                inode,
-                handle,
-                r,
-                size,
-                offset,
-                lock_owner,
-                delayed_write,
-                flags,
-                fuse_flags,
-            )
-        })
+    served! {
+        fn init(&self, capable: FsOptions) -> io::Result<FsOptions>;
+        fn getattr(&self, ctx: &Context, inode: F::Inode, handle: Option<F::Handle>) -> io::Result<(stat64, Duration)>;
+        fn setattr(&self, ctx: &Context, inode: F::Inode, attr: stat64, handle: Option<F::Handle>, valid: SetattrValid) -> io::Result<(stat64, Duration)>;
+        fn readlink(&self, ctx: &Context, inode: F::Inode) -> io::Result<Vec<u8>>;
+        fn symlink(&self, ctx: &Context, linkname: &CStr, parent: F::Inode, name: &CStr) -> io::Result<Entry>;
+        fn mknod(&self, ctx: &Context, inode: F::Inode, name: &CStr, mode: u32, rdev: u32, umask: u32) -> io::Result<Entry>;
+        fn mkdir(&self, ctx: &Context, parent: F::Inode, name: &CStr, mode: u32, umask: u32) -> io::Result<Entry>;
+        fn unlink(&self, ctx: &Context, parent: F::Inode, name: &CStr) -> io::Result<()>;
+        fn rmdir(&self, ctx: &Context, parent: F::Inode, name: &CStr) -> io::Result<()>;
+        fn rename(&self, ctx: &Context, olddir: F::Inode, oldname: &CStr, newdir: F::Inode, newname: &CStr, flags: u32) -> io::Result<()>;
+        fn link(&self, ctx: &Context, inode: F::Inode, newparent: F::Inode, newname: &CStr) -> io::Result<Entry>;
+        fn open(&self, ctx: &Context, inode: F::Inode, flags: u32, fuse_flags: u32) -> io::Result<(Option<F::Handle>, OpenOptions, Option<u32>)>;
+        fn create(&self, ctx: &Context, parent: F::Inode, name: &CStr, args: CreateIn) -> io::Result<(Entry, Option<F::Handle>, OpenOptions, Option<u32>)>;
+        fn write(&self, ctx: &Context, inode: F::Inode, handle: F::Handle, r: &mut dyn ZeroCopyReader, size: u32, offset: u64, lock_owner: Option<u64>, delayed_write: bool, flags: u32, fuse_flags: u32) -> io::Result<usize>;
+        fn flush(&self, ctx: &Context, inode: F::Inode, handle: F::Handle, lock_owner: u64) -> io::Result<()>;
+        fn fsync(&self, ctx: &Context, inode: F::Inode, datasync: bool, handle: F::Handle) -> io::Result<()>;
+        fn fallocate(&self, ctx: &Context, inode: F::Inode, handle: F::Handle, mode: u32, offset: u64, length: u64) -> io::Result<()>;
+        fn release(&self, ctx: &Context, inode: F::Inode, flags: u32, handle: F::Handle, flush: bool, flock_release: bool, lock_owner: Option<u64>) -> io::Result<()>;
+        fn statfs(&self, ctx: &Context, inode: F::Inode) -> io::Result<statvfs64>;
+        fn setxattr(&self, ctx: &Context, inode: F::Inode, name: &CStr, value: &[u8], flags: u32) -> io::Result<()>;
+        fn getxattr(&self, ctx: &Context, inode: F::Inode, name: &CStr, size: u32) -> io::Result<GetxattrReply>;
+        fn listxattr(&self, ctx: &Context, inode: F::Inode, size: u32) -> io::Result<ListxattrReply>;
+        fn removexattr(&self, ctx: &Context, inode: F::Inode, name: &CStr) -> io::Result<()>;
+        fn opendir(&self, ctx: &Context, inode: F::Inode, flags: u32) -> io::Result<(Option<F::Handle>, OpenOptions)>;
+        fn readdir(&self, ctx: &Context, inode: F::Inode, handle: F::Handle, size: u32, offset: u64, add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>) -> io::Result<()>;
+        fn readdirplus(&self, ctx: &Context, inode: F::Inode, handle: F::Handle, size: u32, offset: u64, add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>) -> io::Result<()>;
+        fn fsyncdir(&self, ctx: &Context, inode: F::Inode, datasync: bool, handle: F::Handle) -> io::Result<()>;
+        fn releasedir(&self, ctx: &Context, inode: F::Inode, flags: u32, handle: F::Handle) -> io::Result<()>;
+        fn setupmapping(&self, ctx: &Context, inode: F::Inode, handle: F::Handle, foffset: u64, len: u64, flags: u64, moffset: u64, vu_req: &mut dyn FsCacheReqHandler) -> io::Result<()>;
+        fn removemapping(&self, ctx: &Context, inode: F::Inode, requests: Vec<RemovemappingOne>, vu_req: &mut dyn FsCacheReqHandler) -> io::Result<()>;
+        fn access(&self, ctx: &Context, inode: F::Inode, mask: u32) -> io::Result<()>;
+        fn lseek(&self, ctx: &Context, inode: F::Inode, handle: F::Handle, offset: u64, whence: u32) -> io::Result<u64>;
+        fn getlk(&self, ctx: &Context, inode: F::Inode, handle: F::Handle, owner: u64, lock: FileLock, flags: u32) -> io::Result<FileLock>;
+        fn setlk(&self, ctx: &Context, inode: F::Inode, handle: F::Handle, owner: u64, lock: FileLock, flags: u32) -> io::Result<()>;
+        fn setlkw(&self, ctx: &Context, inode: F::Inode, handle: F::Handle, owner: u64, lock: FileLock, flags: u32) -> io::Result<()>;
+        fn ioctl(&self, ctx: &Context, inode: F::Inode, handle: F::Handle, flags: u32, cmd: u32, data: IoctlData, out_size: u32) -> io::Result<IoctlData<'_>>;
+        fn bmap(&self, ctx: &Context, inode: F::Inode, block: u64, blocksize: u32) -> io::Result<u64>;
+        fn poll(&self, ctx: &Context, inode: F::Inode, handle: F::Handle, khandle: F::Handle, flags: u32, events: u32) -> io::Result<u32>;
+        fn notify_reply(&self) -> io::Result<()>;
     }
 
-    fn flush(
-        &self,
-        ctx: &Context,
-        inode: F::Inode,
-        handle: F::Handle,
-        lock_owner: u64,
-    ) -> io::Result<()> {
-        guarded("FLUSH", || self.inner.flush(ctx, inode, handle, lock_owner))
-    }
-
-    fn fsync(
-        &self,
-        ctx: &Context,
-        inode: F::Inode,
-        datasync: bool,
-        handle: F::Handle,
-    ) -> io::Result<()> {
-        guarded("FSYNC", || self.inner.fsync(ctx, inode, datasync, handle))
-    }
-
-    fn fallocate(
-        &self,
-        ctx: &Context,
-        inode: F::Inode,
-        handle: F::Handle,
-        mode: u32,
-        offset: u64,
-        length: u64,
-    ) -> io::Result<()> {
-        guarded("FALLOCATE", || {
-            self.inner
-                .fallocate(ctx, inode, handle, mode, offset, length)
-        })
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn release(
-        &self,
-        ctx: &Context,
-        inode: F::Inode,
-        flags: u32,
-        handle: F::Handle,
-        flush: bool,
-        flock_release: bool,
-        lock_owner: Option<u64>,
-    ) -> io::Result<()> {
-        guarded("RELEASE", || {
-            self.inner
-                .release(ctx, inode, flags, handle, flush, flock_release, lock_owner)
-        })
-    }
-
-    fn statfs(&self, ctx: &Context, inode: F::Inode) -> io::Result<statvfs64> {
-        guarded("STATFS", || self.inner.statfs(ctx, inode))
-    }
-
-    fn setxattr(
-        &self,
-        ctx: &Context,
-        inode: F::Inode,
-        name: &CStr,
-        value: &[u8],
-        flags: u32,
-    ) -> io::Result<()> {
-        guarded("SETXATTR", || {
-            self.inner.setxattr(ctx, inode, name, value, flags)
-        })
-    }
-
-    fn getxattr(
-        &self,
-        ctx: &Context,
-        inode: F::Inode,
-        name: &CStr,
-        size: u32,
-    ) -> io::Result<GetxattrReply> {
-        guarded("GETXATTR", || self.inner.getxattr(ctx, inode, name, size))
-    }
-
-    fn listxattr(&self, ctx: &Context, inode: F::Inode, size: u32) -> io::Result<ListxattrReply> {
-        guarded("LISTXATTR", || self.inner.listxattr(ctx, inode, size))
-    }
-
-    fn removexattr(&self, ctx: &Context, inode: F::Inode, name: &CStr) -> io::Result<()> {
-        guarded("REMOVEXATTR", || self.inner.removexattr(ctx, inode, name))
-    }
-
-    fn opendir(
-        &self,
-        ctx: &Context,
-        inode: F::Inode,
-        flags: u32,
-    ) -> io::Result<(Option<F::Handle>, OpenOptions)> {
-        guarded("OPENDIR", || self.inner.opendir(ctx, inode, flags))
-    }
-
-    fn readdir(
-        &self,
-        ctx: &Context,
-        inode: F::Inode,
-        handle: F::Handle,
-        size: u32,
-        offset: u64,
-        add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
-    ) -> io::Result<()> {
-        guarded("READDIR", || {
-            self.inner
-                .readdir(ctx, inode, handle, size, offset, add_entry)
-        })
-    }
-
-    fn readdirplus(
-        &self,
-        ctx: &Context,
-        inode: F::Inode,
-        handle: F::Handle,
-        size: u32,
-        offset: u64,
-        add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
-    ) -> io::Result<()> {
-        guarded("READDIRPLUS", || {
-            self.inner
-                .readdirplus(ctx, inode, handle, size, offset, add_entry)
-        })
-    }
-
-    fn fsyncdir(
-        &self,
-        ctx: &Context,
-        inode: F::Inode,
-        datasync: bool,
-        handle: F::Handle,
-    ) -> io::Result<()> {
-        guarded("FSYNCDIR", || {
-            self.inner.fsyncdir(ctx, inode, datasync, handle)
-        })
-    }
-
-    fn releasedir(
-        &self,
-        ctx: &Context,
-        inode: F::Inode,
-        flags: u32,
-        handle: F::Handle,
-    ) -> io::Result<()> {
-        guarded("RELEASEDIR", || {
-            self.inner.releasedir(ctx, inode, flags, handle)
-        })
-    }
-
-    fn access(&self, ctx: &Context, inode: F::Inode, mask: u32) -> io::Result<()> {
-        guarded("ACCESS", || self.inner.access(ctx, inode, mask))
+    fn id_remap(&self, ctx: &mut Context) -> io::Result<()> {
+        // Called for every request before it is dispatched: not a request.
+        self.inner.id_remap(ctx)
     }
 }
 
@@ -473,6 +257,38 @@ mod tests {
         assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EIO));
         assert!(request_panics() > before);
         assert_eq!(guarded("TEST", || Ok(5)).unwrap(), 5);
+    }
+
+    /// Panics in GETATTR; has no LOOKUP.
+    struct Broken;
+
+    impl FileSystem for Broken {
+        type Inode = u64;
+        type Handle = u64;
+
+        fn getattr(&self, _: &Context, _: u64, _: Option<u64>) -> io::Result<(stat64, Duration)> {
+            panic!("broken getattr")
+        }
+    }
+
+    #[test]
+    fn one_layer_guards_and_measures() {
+        let fs = RequestGuard::new(Broken);
+        let ctx = Context::default();
+        let before = request_panics();
+        let r = fs.getattr(&ctx, 1, None);
+        assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EIO));
+        assert!(request_panics() > before);
+        // Broken's LOOKUP is the trait's default (ENOSYS), measured too.
+        assert!(fs.lookup(&ctx, 1, c"x").is_err());
+        let text = crate::metrics::global().render();
+        for series in [
+            "fuse_errors_total{opcode=\"getattr\",errno=\"EIO\"}",
+            "fuse_request_duration_seconds_count{opcode=\"getattr\"}",
+            "fuse_errors_total{opcode=\"lookup\",errno=\"ENOSYS\"}",
+        ] {
+            assert!(text.contains(series), "{series} missing:\n{text}");
+        }
     }
 
     #[test]

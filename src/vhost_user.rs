@@ -13,7 +13,7 @@ use std::thread;
 
 use std::mem::size_of;
 
-use crate::request_guard::{note_panic, serve_or_exit, PanicGuard};
+use crate::request_guard::{note_panic, serve_or_exit, RequestGuard};
 use fuse_backend_rs::abi::fuse_abi::{InHeader, OutHeader};
 use fuse_backend_rs::api::filesystem::FileSystem;
 use fuse_backend_rs::api::server::Server;
@@ -39,7 +39,7 @@ type Memory = GuestMemoryAtomic<GuestMemoryMmap>;
 type Vring = VringRwLock<Memory>;
 type Chain = DescriptorChain<GuestMemoryLoadGuard<GuestMemoryMmap>>;
 /// The FUSE server of a filesystem, every request answered even on a panic.
-type FsServer<F> = Server<Arc<PanicGuard<Arc<F>>>>;
+type FsServer<F> = Server<Arc<RequestGuard<Arc<F>>>>;
 
 /// The high-priority queue (FORGET, INTERRUPT) plus this many request queues
 /// is what a virtio-fs device has.
@@ -83,6 +83,7 @@ impl WorkerPool {
             thread::Builder::new()
                 .name(format!("fs-worker-{i}"))
                 .spawn(move || loop {
+                    crate::sandbox::restrict_serving_thread();
                     // The lock is only held while waiting for the next job.
                     let job = match receiver.lock() {
                         Ok(r) => r.recv(),
@@ -338,6 +339,7 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserBackend for FsBackend<F> {
         // A queue thread that died would leave its queue unserved while
         // all looks well: a panic escaping a request ends the process.
         serve_or_exit("vhost-user queue", || {
+            crate::sandbox::restrict_serving_thread();
             self.handle_queue_event(device_event, evset, vrings, thread_id)
         })
     }
@@ -432,7 +434,7 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserServer<F> {
             })?)),
         };
         Ok(Self {
-            server: Arc::new(Server::new(Arc::new(PanicGuard::new(fs)))),
+            server: Arc::new(Server::new(Arc::new(RequestGuard::new(fs)))),
             config,
             pool,
             listener,

@@ -408,6 +408,12 @@ fn a_sequential_reader_gets_each_chunk_from_a_warm_disk_once() {
         counters["readahead_chunks"] > 0,
         "no read-ahead: {counters:?}"
     );
+    // 64 MiB through a 4 MiB memory cache: most chunks were let go.
+    assert!(
+        counters["memory_evictions"] >= chunks / 2,
+        "{} memory evictions for {chunks} chunks: {counters:?}",
+        counters["memory_evictions"]
+    );
     // Whole chunks read from disk (a read the kernel sends out of order
     // reads part of a chunk instead, with one outboard hit each). Every
     // chunk read twice would double this; a little slack for chunks read

@@ -318,6 +318,25 @@ fn metrics_over_tcp_and_in_the_textfile_follow_the_guest_and_the_store() {
     assert!(value(&up, "tvix_virtiofsd_cache_bytes", &[("layer", "memory")]) >= READ_SIZE as f64);
     assert!(value(&up, "tvix_virtiofsd_inodes", &[]) >= 2.0);
     assert!(has(&up, "tvix_virtiofsd_open_handles"));
+    for layer in ["memory", "disk"] {
+        assert_eq!(
+            value(
+                &up,
+                "tvix_virtiofsd_cache_evictions_total",
+                &[("layer", layer)]
+            ),
+            0.0,
+            "{layer} evictions of a few files"
+        );
+    }
+    for bound in ["handles", "inodes", "read"] {
+        let refused = &[("bound", bound)];
+        assert_eq!(
+            value(&up, "tvix_virtiofsd_guest_limit_refusals_total", refused),
+            0.0
+        );
+    }
+    assert!(has(&up, "tvix_virtiofsd_request_panics_total"));
     assert_eq!(
         value(&up, "tvix_virtiofsd_verification_failures_total", &[]),
         0.0

@@ -3,9 +3,16 @@
 //! temporary file, then kept in the disk cache), eviction, serving from the
 //! disk cache with the store gone, the root listing and the stats file. A
 //! syscall missing from the allowlist kills the daemon with SIGSYS here,
-//! not in a deployment.
+//! not in a deployment. The FUSE workers serve all of it under the
+//! narrower `request` filter stacked on the daemon's (checked from
+//! /proc: one filter more than the main thread).
 
 mod common;
+#[path = "common/fuse_guest.rs"]
+mod fuse_guest;
+#[allow(dead_code)]
+#[path = "common/vhost_frontend.rs"]
+mod vhost_frontend;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -25,6 +32,43 @@ fn big_unchunked_tree() -> (PathBuf, Vec<(String, Vec<u8>)>) {
         std::fs::write(tree.join(name), data).unwrap();
     }
     (tree, files)
+}
+
+/// `Seccomp_filters` of each thread of `pid`, by thread name.
+fn filters_by_thread(pid: u32) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+        let filters = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Seccomp_filters:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        out.push((name.trim().to_string(), filters));
+    }
+    out
+}
+
+/// Every thread whose name starts with `serving` has one filter more than
+/// the main thread (the daemon's own, plus `request`).
+fn assert_serving_threads_narrowed(pid: u32, serving: &str) {
+    let threads = filters_by_thread(pid);
+    let main = threads
+        .iter()
+        .find(|(name, _)| name == "tvix-virtiofsd")
+        .map(|(_, n)| *n)
+        .expect("the main thread");
+    assert!(main >= 2, "main thread: {main} filters: {threads:?}");
+    let serving: Vec<_> = threads
+        .iter()
+        .filter(|(name, _)| name.starts_with(serving))
+        .collect();
+    assert!(!serving.is_empty(), "no {serving:?} thread: {threads:?}");
+    for (name, n) in serving {
+        assert_eq!(*n, main + 1, "{name}: {threads:?}");
+    }
 }
 
 fn assert_alive(daemon: &mut Daemon, what: &str) {
@@ -80,6 +124,7 @@ fn large_unchunked_blobs_with_a_disk_cache_in_kill_mode() {
         counters.get("disk_evictions").copied().unwrap_or(0) > 0,
         "nothing was evicted: {counters:?}"
     );
+    assert_serving_threads_narrowed(daemon.pid(), "fuse-");
     assert!(daemon.stop(), "did not unmount cleanly");
 
     // A cache without eviction pressure, filled and then read from with
@@ -106,4 +151,52 @@ fn large_unchunked_blobs_with_a_disk_cache_in_kill_mode() {
         .unwrap_or_else(|e| panic!("reading from the disk cache: {e}; log:\n{}", offline.log()));
     assert!(got == *data, "offline read: wrong content");
     assert_alive(&mut offline, "serving offline");
+    assert_serving_threads_narrowed(offline.pid(), "fuse-");
+}
+
+/// Over vhost-user, with a request pool: the queue threads (named by
+/// vhost-user-backend; each narrows itself at its first event) and the
+/// pool's workers both serve under `request`, in kill mode, through INIT,
+/// LOOKUP, OPEN, READ and FORGET.
+#[test]
+fn vhost_user_serving_threads_run_under_the_request_filter() {
+    use fuse_backend_rs::abi::fuse_abi::{Opcode, OpenIn, OpenOut, ROOT_ID};
+    use fuse_guest::{decode, Guest, REQUESTS};
+    use vm_memory::ByteValued;
+
+    let fixture = Fixture::start(&robust_tree(), &[]);
+    let mut daemon = VhostUserDaemon::start(
+        &fixture.address(),
+        &["--seccomp", "kill", "--thread-pool-size", "2"],
+    );
+    let (mut guest, _) = Guest::connect(&daemon.socket, 0);
+    let pkg = guest.lookup_ok(ROOT_ID, &fixture.store_path("pkg-1.0"));
+    let hello = guest.lookup_ok(pkg.nodeid, "hello");
+    let open = OpenIn {
+        flags: libc::O_RDONLY as u32,
+        fuse_flags: 0,
+    };
+    let fh = decode::<OpenOut>(
+        &guest
+            .request(REQUESTS, Opcode::Open, hello.nodeid, open.as_slice())
+            .ok(),
+    )
+    .fh;
+    assert_eq!(guest.read(hello.nodeid, fh).ok(), ROBUST_HELLO);
+    // The high-priority queue's thread narrows itself at its first event.
+    let forget = fuse_backend_rs::abi::fuse_abi::ForgetIn { nlookup: 1 };
+    let unique = guest.next_unique();
+    let chain = [vhost_frontend::Buf::Readable(fuse_guest::message(
+        Opcode::Forget as u32,
+        unique,
+        hello.nodeid,
+        forget.as_slice(),
+    ))];
+    let used = guest.vmm.call(0, &chain, fuse_guest::TIMEOUT);
+    assert_eq!(used.len, 0, "FORGET got a reply");
+    assert!(daemon.is_running(), "daemon died:\n{}", daemon.log());
+    assert_serving_threads_narrowed(daemon.pid(), "vring_worker");
+    assert_serving_threads_narrowed(daemon.pid(), "fs-worker");
+    drop(guest);
+    daemon.assert_exits_cleanly_after_the_guest_left();
 }

@@ -130,7 +130,13 @@ impl quick_cache::Weighter<[u8; 20], PathInfoEntry> for Weight {
     }
 }
 
-type MemoryCache<K, V> = quick_cache::sync::Cache<K, V, Weight>;
+type MemoryCache<K, V> = quick_cache::sync::Cache<
+    K,
+    V,
+    Weight,
+    quick_cache::DefaultHashBuilder,
+    stats::CountEvictions<K, V>,
+>;
 
 /// A remembered PathInfo answer.
 #[derive(Clone)]
@@ -170,6 +176,7 @@ pub struct CachedStore {
 fn memory_cache<K: Eq + std::hash::Hash, V: Clone>(
     bytes: u64,
     typical_item: u64,
+    stats: &Arc<Stats>,
 ) -> MemoryCache<K, V>
 where
     Weight: quick_cache::Weighter<K, V>,
@@ -183,7 +190,12 @@ where
         .hot_allocation(0.9)
         .build()
         .expect("cache options are complete");
-    quick_cache::sync::Cache::with_options(options, Weight, Default::default(), Default::default())
+    quick_cache::sync::Cache::with_options(
+        options,
+        Weight,
+        Default::default(),
+        stats::CountEvictions::new(stats.clone()),
+    )
 }
 
 impl CachedStore {
@@ -223,10 +235,10 @@ impl CachedStore {
         let (dirs, lists, infos) = (m / 8, m / 16, m / 16);
         Ok(Arc::new_cyclic(|this| Self {
             this: this.clone(),
-            chunks: memory_cache(m - dirs - lists - infos, 256 << 10),
-            directories: memory_cache(dirs, 4096),
-            chunk_lists: memory_cache(lists, 1024),
-            path_infos: memory_cache(infos, 256),
+            chunks: memory_cache(m - dirs - lists - infos, 256 << 10, &stats),
+            directories: memory_cache(dirs, 4096, &stats),
+            chunk_lists: memory_cache(lists, 1024, &stats),
+            path_infos: memory_cache(infos, 256, &stats),
             readahead: Arc::new(Semaphore::new(config.readahead_chunks.max(1) * 2)),
             in_flight: Mutex::new(HashMap::new()),
             disk_readahead: OnceLock::new(),
@@ -290,8 +302,13 @@ impl CachedStore {
     }
 
     /// Writes to the disk cache behind the reader's back: a write may have
-    /// to evict, and no read waits for that.
+    /// to evict, and no read waits for that. Handed over from a runtime
+    /// thread: the blocking pool starts its threads from the caller's, and
+    /// one started from a serving thread would inherit that thread's
+    /// narrower seccomp filter (and lack the network for DNS).
     fn write_behind(&self, write: impl FnOnce() + Send + 'static) {
-        drop(self.runtime.spawn_blocking(write));
+        drop(self.runtime.spawn(async move {
+            drop(tokio::task::spawn_blocking(write));
+        }));
     }
 }

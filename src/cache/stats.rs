@@ -1,7 +1,8 @@
 //! Counters of the cache and fetch path: hits and misses per layer, bytes
 //! fetched, evictions, verification failures, fetches in flight. Cheap to
 //! bump from any thread; written out as `name value` lines for tests and
-//! operators (`--stats-file`), and logged at debug level.
+//! operators (`--stats-file`), and logged at debug level, followed by the
+//! lines of the daemon's other counters ([`ExtraCounters`]).
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -29,6 +30,7 @@ macro_rules! counters {
 counters! {
     memory_hits: "Chunks, Directories and path infos found in memory.",
     memory_misses: "Lookups that had to go past memory.",
+    memory_evictions: "Entries the memory cache let go to stay within its bound (and entries too big to be let in).",
     disk_hits: "Entries found on disk (verified).",
     disk_misses: "Entries not on disk, or failing verification there.",
     disk_range_reads: "Parts of chunks read from disk (and verified through their outboard).",
@@ -48,37 +50,95 @@ counters! {
     readahead_chunks: "Chunks fetched ahead of sequential readers.",
 }
 
-impl Stats {
-    /// Writes the counters to `path` atomically (temporary file + rename).
-    pub fn write_to(&self, path: &Path) -> std::io::Result<()> {
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, self.render())?;
-        std::fs::rename(&tmp, path)
+/// Counts what a memory cache evicts into [`Stats::memory_evictions`];
+/// the evicted entries are dropped after the cache's lock is released, as
+/// quick_cache's default lifecycle does.
+pub struct CountEvictions<K, V> {
+    stats: std::sync::Arc<Stats>,
+    _entries: std::marker::PhantomData<fn(K, V)>,
+}
+
+impl<K, V> CountEvictions<K, V> {
+    pub fn new(stats: std::sync::Arc<Stats>) -> Self {
+        Self {
+            stats,
+            _entries: std::marker::PhantomData,
+        }
     }
+}
+
+impl<K, V> Clone for CountEvictions<K, V> {
+    fn clone(&self) -> Self {
+        Self::new(self.stats.clone())
+    }
+}
+
+impl<K, V> quick_cache::Lifecycle<K, V> for CountEvictions<K, V> {
+    /// Up to two evicted entries, dropped when the request ends; more are
+    /// dropped at once (an insert rarely evicts more than two).
+    type RequestState = [Option<(K, V)>; 2];
+
+    fn begin_request(&self) -> Self::RequestState {
+        [None, None]
+    }
+
+    fn on_evict(&self, state: &mut Self::RequestState, key: K, val: V) {
+        self.stats.memory_evictions.fetch_add(1, Ordering::Relaxed);
+        if let Some(slot) = state.iter_mut().find(|slot| slot.is_none()) {
+            *slot = Some((key, val));
+        }
+    }
+}
+
+/// More `name value` lines for the stats file, from counters that live
+/// outside the cache (the request guard's, the guest bounds').
+pub type ExtraCounters = Box<dyn Fn() -> String + Send + Sync>;
+
+/// The cache's counters, then the extra ones.
+fn render_all(stats: &Stats, extra: &[ExtraCounters]) -> String {
+    let mut out = stats.render();
+    for lines in extra {
+        out.push_str(&lines());
+    }
+    out
+}
+
+/// Writes `text` to `path` atomically (temporary file + rename).
+fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
 }
 
 /// Writes the counters to a file once a second while they change, and logs
 /// them at debug level, from a thread of its own.
 pub struct StatsReporter {
     stats: std::sync::Arc<Stats>,
+    extra: std::sync::Arc<Vec<ExtraCounters>>,
     path: Option<std::path::PathBuf>,
 }
 
 impl StatsReporter {
-    pub fn start(stats: std::sync::Arc<Stats>, path: Option<std::path::PathBuf>) -> Self {
+    pub fn start(
+        stats: std::sync::Arc<Stats>,
+        extra: Vec<ExtraCounters>,
+        path: Option<std::path::PathBuf>,
+    ) -> Self {
+        let extra = std::sync::Arc::new(extra);
         let reporter = Self {
             stats: stats.clone(),
+            extra: extra.clone(),
             path: path.clone(),
         };
         let spawned = std::thread::Builder::new().name("stats".into()).spawn(move || {
             let mut last = String::new();
             loop {
                 std::thread::sleep(std::time::Duration::from_secs(1));
-                let now = stats.render();
+                let now = render_all(&stats, &extra);
                 if now != last {
                     tracing::debug!(stats = %now.replace('\n', " "), "cache");
                     if let Some(p) = &path {
-                        if let Err(e) = stats.write_to(p) {
+                        if let Err(e) = write_atomically(p, &now) {
                             tracing::warn!(path = %p.display(), error = %e, "writing the stats file failed");
                         }
                     }
@@ -95,7 +155,7 @@ impl StatsReporter {
     /// Writes the final counters.
     pub fn finish(&self) {
         if let Some(p) = &self.path {
-            let _ = self.stats.write_to(p);
+            let _ = write_atomically(p, &render_all(&self.stats, &self.extra));
         }
     }
 }
@@ -111,6 +171,28 @@ mod tests {
         let text = s.render();
         assert!(text.contains("disk_hits 3\n"));
         assert!(text.contains("fetches_in_flight 0\n"));
-        assert_eq!(text.lines().count(), 19);
+        assert_eq!(text.lines().count(), 20);
+    }
+
+    #[test]
+    fn memory_evictions_are_counted() {
+        let stats = std::sync::Arc::new(Stats::default());
+        let options = quick_cache::OptionsBuilder::new()
+            .estimated_items_capacity(4)
+            .weight_capacity(4)
+            .build()
+            .unwrap();
+        let cache: quick_cache::sync::Cache<u32, u32, quick_cache::UnitWeighter, _, _> =
+            quick_cache::sync::Cache::with_options(
+                options,
+                quick_cache::UnitWeighter,
+                quick_cache::DefaultHashBuilder::default(),
+                CountEvictions::new(stats.clone()),
+            );
+        for i in 0..100 {
+            cache.insert(i, i);
+        }
+        let evicted = stats.memory_evictions.load(Ordering::Relaxed);
+        assert_eq!(evicted as usize, 100 - cache.len(), "{evicted} evictions");
     }
 }

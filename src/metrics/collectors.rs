@@ -1,6 +1,7 @@
 //! Metrics read when they are rendered, from counters that live elsewhere:
-//! the cache's [`Stats`](crate::cache::Stats) and memory use, and the
-//! filesystem's live inodes and open handles.
+//! the cache's [`Stats`](crate::cache::Stats) and memory use, the
+//! filesystem's live inodes, open handles and guest bounds hit, and the
+//! request guard's panics.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -124,9 +125,14 @@ impl Collector for CacheCollector {
         write(
             &mut encoder,
             "cache_evictions",
-            "Files this daemon evicted from the disk cache.",
+            "Entries a cache layer let go to stay within its bound (memory: chunks, \
+             Directories, chunk lists and path infos, and entries too big to be let in; disk: \
+             files this daemon evicted).",
             None,
-            &[(disk, Counter(read(&stats.disk_evictions)))],
+            &[
+                (memory, Counter(read(&stats.memory_evictions))),
+                (disk, Counter(read(&stats.disk_evictions))),
+            ],
         )?;
         write(
             &mut encoder,
@@ -205,6 +211,33 @@ impl Collector for FsCollector {
             "Open file and directory handles.",
             None,
             &[(None, Sample::Gauge(self.fs.open_handle_count() as u64))],
+        )?;
+        let limits = self.fs.limit_counters();
+        let read = |counter: &std::sync::atomic::AtomicU64| {
+            Sample::Counter(counter.load(Ordering::Relaxed))
+        };
+        write(
+            &mut encoder,
+            "guest_limit_refusals",
+            "Requests refused or cut short at a guest bound: handles (ENFILE at \
+             --max-open-handles), inodes (ENOMEM at --max-inodes), read (a READ larger than \
+             negotiated, answered short).",
+            None,
+            &[
+                (Some(("bound", "handles")), read(&limits.handles_refused)),
+                (Some(("bound", "inodes")), read(&limits.inodes_refused)),
+                (Some(("bound", "read")), read(&limits.reads_capped)),
+            ],
+        )?;
+        write(
+            &mut encoder,
+            "request_panics",
+            "Requests whose handler panicked, answered EIO (a bug: the log has the panic).",
+            None,
+            &[(
+                None,
+                Sample::Counter(crate::request_guard::request_panics()),
+            )],
         )
     }
 }

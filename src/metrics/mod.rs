@@ -27,7 +27,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
 pub use endpoint::{MetricsAddress, MetricsListener};
-pub use fuse::MeteredFs;
 pub use store::MeteredChannel;
 pub use textfile::MetricsFile;
 

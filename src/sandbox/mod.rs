@@ -7,7 +7,8 @@
 //! 3. no capabilities in any set (effective, permitted, inheritable,
 //!    ambient, bounding),
 //! 4. a deny-by-default syscall allowlist (seccomp), read from
-//!    `seccomp/<arch>.json`.
+//!    `seccomp/<arch>.json`, and on each thread that serves requests a
+//!    narrower one on top ([`restrict_serving_thread`]).
 //!
 //! Capabilities and Landlock apply to the calling thread and the threads it
 //! spawns later, so [`enter`] refuses to run when the process already has a
@@ -84,6 +85,8 @@ pub struct SandboxStatus {
     pub seccomp: SeccompMode,
     /// Syscalls the daemon filter allows (for this architecture).
     pub syscalls: usize,
+    /// Syscalls the serving threads' filter allows.
+    pub request_syscalls: usize,
     pub landlock: landlock::LandlockStatus,
     pub bounding_set_dropped: bool,
 }
@@ -110,12 +113,17 @@ pub fn enter(config: &SandboxConfig) -> Result<SandboxStatus, SandboxError> {
     }
     let bounding_set_dropped = caps::drop_all()?;
     let filters = seccomp::Filters::daemon(config.seccomp)?;
+    if let Some(request) = seccomp::Filters::request(config.seccomp)? {
+        // Compiled now, while a broken policy still stops the start.
+        let _ = REQUEST_FILTER.set(request);
+    }
     if let Some(filters) = &filters {
         filters.install()?;
     }
     Ok(SandboxStatus {
         seccomp: config.seccomp,
         syscalls: filters.as_ref().map_or(0, |f| f.syscalls()),
+        request_syscalls: REQUEST_FILTER.get().map_or(0, |f| f.syscalls()),
         landlock,
         bounding_set_dropped,
     })
@@ -127,9 +135,10 @@ impl std::fmt::Display for SandboxStatus {
             SeccompMode::None => write!(f, "seccomp off")?,
             mode => write!(
                 f,
-                "seccomp {} ({} syscalls allowed)",
+                "seccomp {} ({} syscalls allowed, {} on request threads)",
                 format!("{mode:?}").to_lowercase(),
-                self.syscalls
+                self.syscalls,
+                self.request_syscalls
             )?,
         }
         write!(f, ", no capabilities")?;
@@ -137,6 +146,30 @@ impl std::fmt::Display for SandboxStatus {
             write!(f, " (bounding set kept: no CAP_SETPCAP)")?;
         }
         write!(f, ", no_new_privs, landlock {}", self.landlock)
+    }
+}
+
+/// The serving threads' filter, once [`enter`] compiled it.
+static REQUEST_FILTER: std::sync::OnceLock<seccomp::Filters> = std::sync::OnceLock::new();
+
+std::thread_local! {
+    static RESTRICTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Stacks the `request` filter on the calling thread, once per thread: a
+/// thread that serves the guest's requests needs neither the network nor
+/// the VMM's socket (the runtime's threads and the main thread do that).
+/// A no-op before [`enter`] or with `--seccomp=none`. Call at the start of
+/// each serving thread (cheap to call again). Failing to narrow is logged;
+/// the daemon filter still holds.
+pub fn restrict_serving_thread() {
+    if RESTRICTED.with(|r| r.replace(true)) {
+        return;
+    }
+    if let Some(filter) = REQUEST_FILTER.get() {
+        if let Err(e) = filter.install_on_this_thread() {
+            tracing::warn!(error = %e, "the request threads' seccomp filter is not installed");
+        }
     }
 }
 

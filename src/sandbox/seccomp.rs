@@ -10,6 +10,11 @@
 //!   so that glibc falls back to `clone`, whose flags a filter can check
 //!   (clone3 passes them in memory): only threads can be created.
 //! - `unmount_helper`: the FUSE mode's unmount helper process.
+//! - `request`: stacked by each serving thread (FUSE workers, vhost-user
+//!   queue threads, the request pool) on itself, on top of `daemon`: the
+//!   daemon's list without the network, the VMM's socket, signal handlers
+//!   and child processes, which only the main thread and the runtime's
+//!   threads use. The threads a serving thread starts inherit it.
 //!
 //! `--seccomp=log` turns the allowlists' default action into
 //! SECCOMP_RET_LOG, so a missing syscall is logged (dmesg / audit.log,
@@ -27,6 +32,7 @@ pub const AARCH64_POLICY: &str = include_str!("../../seccomp/aarch64.json");
 pub const DAEMON: &str = "daemon";
 pub const DAEMON_ENOSYS: &str = "daemon_enosys";
 pub const UNMOUNT_HELPER: &str = "unmount_helper";
+pub const REQUEST: &str = "request";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SeccompError {
@@ -125,6 +131,11 @@ impl Filters {
         Self::named(mode, &[UNMOUNT_HELPER])
     }
 
+    /// The serving threads' filter.
+    pub fn request(mode: SeccompMode) -> Result<Option<Self>, SeccompError> {
+        Self::named(mode, &[REQUEST])
+    }
+
     /// Syscalls the allowlist allows.
     pub fn syscalls(&self) -> usize {
         self.syscalls
@@ -137,6 +148,36 @@ impl Filters {
         for program in &self.programs {
             seccompiler::apply_filter_all_threads(program)
                 .map_err(|e| SeccompError::Install(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Installs the filters on the calling thread only (and the threads it
+    /// starts later). Needs no_new_privs, which the sandbox has set: unlike
+    /// seccompiler's `apply_filter`, does not call prctl to set it, which
+    /// the daemon filter does not allow.
+    pub fn install_on_this_thread(&self) -> Result<(), SeccompError> {
+        for program in &self.programs {
+            let fprog = libc::sock_fprog {
+                len: u16::try_from(program.len())
+                    .map_err(|_| SeccompError::Install("filter too long".into()))?,
+                filter: program.as_ptr().cast_mut().cast(),
+            };
+            // SAFETY: the kernel copies the program from `fprog`, which
+            // points at `program`, alive for the call.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_seccomp,
+                    libc::SECCOMP_SET_MODE_FILTER,
+                    0,
+                    &fprog as *const libc::sock_fprog,
+                )
+            };
+            if rc != 0 {
+                return Err(SeccompError::Install(
+                    std::io::Error::last_os_error().to_string(),
+                ));
+            }
         }
         Ok(())
     }
@@ -159,7 +200,11 @@ mod tests {
                     compile(policy, arch, mode).unwrap_or_else(|e| panic!("{name} {mode:?}: {e}"));
                 let mut names: Vec<_> = map.keys().cloned().collect();
                 names.sort();
-                assert_eq!(names, [DAEMON, DAEMON_ENOSYS, UNMOUNT_HELPER], "{name}");
+                assert_eq!(
+                    names,
+                    [DAEMON, DAEMON_ENOSYS, REQUEST, UNMOUNT_HELPER],
+                    "{name}"
+                );
             }
         }
     }
@@ -185,7 +230,7 @@ mod tests {
     fn allowlists_kill_by_default_and_log_in_log_mode() {
         for (_, _, policy) in POLICIES {
             let json: serde_json::Value = serde_json::from_str(policy).unwrap();
-            for filter in [DAEMON, UNMOUNT_HELPER] {
+            for filter in [DAEMON, UNMOUNT_HELPER, REQUEST] {
                 assert_eq!(json[filter]["default_action"], "kill_process");
                 assert_eq!(json[filter]["filter_action"], "allow");
             }
@@ -225,7 +270,7 @@ mod tests {
                 other => other,
             }
         }
-        for filter in [DAEMON, DAEMON_ENOSYS, UNMOUNT_HELPER] {
+        for filter in [DAEMON, DAEMON_ENOSYS, UNMOUNT_HELPER, REQUEST] {
             let mut x86: Vec<&str> = Vec::new();
             let names = syscall_names(X86_64_POLICY, filter);
             for n in &names {
@@ -235,6 +280,37 @@ mod tests {
             x86.dedup();
             let arm = syscall_names(AARCH64_POLICY, filter);
             assert_eq!(x86, arm, "{filter}: x86_64 (mapped) vs aarch64");
+        }
+    }
+
+    /// Stacked on `daemon`, the request filter can only narrow it: each of
+    /// its rules is one of the daemon's, word for word, and the network is
+    /// not among them.
+    #[test]
+    fn the_request_filter_is_a_narrower_daemon_filter() {
+        for (name, _, policy) in POLICIES {
+            let json: serde_json::Value = serde_json::from_str(policy).unwrap();
+            let daemon = json[DAEMON]["filter"].as_array().unwrap();
+            let request = json[REQUEST]["filter"].as_array().unwrap();
+            for rule in request {
+                assert!(
+                    daemon.contains(rule),
+                    "{name}: {} not in daemon",
+                    rule["syscall"]
+                );
+            }
+            let allowed = syscall_names(policy, REQUEST);
+            for denied in [
+                "socket",
+                "connect",
+                "accept4",
+                "sendmsg",
+                "rt_sigaction",
+                "wait4",
+            ] {
+                assert!(!allowed.iter().any(|s| s == denied), "{name}: {denied}");
+            }
+            assert!(allowed.len() < syscall_names(policy, DAEMON).len());
         }
     }
 }

@@ -6,7 +6,9 @@
 use std::mem::size_of;
 use std::time::Duration;
 
-use fuse_backend_rs::abi::fuse_abi::{EntryOut, GetattrIn, InHeader, Opcode, OutHeader, ReadIn};
+use fuse_backend_rs::abi::fuse_abi::{
+    EntryOut, GetattrIn, InHeader, InitIn, Opcode, OutHeader, ReadIn, ReleaseIn,
+};
 use vm_memory::ByteValued;
 
 use crate::vhost_frontend::{Buf, Used, Vmm, POISON};
@@ -73,6 +75,39 @@ pub struct Guest {
 }
 
 impl Guest {
+    /// Connects to the device at `socket` (one request queue besides the
+    /// high-priority one) and sends FUSE INIT with `flags`; returns the
+    /// guest and INIT's reply body.
+    pub fn connect(socket: &std::path::Path, flags: u32) -> (Self, Vec<u8>) {
+        let mut guest = Guest {
+            vmm: Vmm::connect(socket, 2, false),
+            unique: 0,
+        };
+        let reply = guest.init(flags);
+        (guest, reply)
+    }
+
+    /// FUSE INIT (protocol 7.31) with `flags`; its reply body.
+    pub fn init(&mut self, flags: u32) -> Vec<u8> {
+        let init = InitIn {
+            major: 7,
+            minor: 31,
+            max_readahead: 128 << 10,
+            flags,
+        };
+        self.request(REQUESTS, Opcode::Init, 0, init.as_slice())
+            .ok()
+    }
+
+    /// RELEASE of handle `fh`.
+    pub fn release(&mut self, nodeid: u64, fh: u64) -> Outcome {
+        let body = ReleaseIn {
+            fh,
+            ..Default::default()
+        };
+        self.request(REQUESTS, Opcode::Release, nodeid, body.as_slice())
+    }
+
     pub fn next_unique(&mut self) -> u64 {
         self.unique += 1;
         self.unique
@@ -110,6 +145,27 @@ impl Guest {
     pub fn read(&mut self, nodeid: u64, fh: u64) -> Outcome {
         let body = read_in(fh);
         self.request(REQUESTS, Opcode::Read, nodeid, body.as_slice())
+    }
+
+    /// READ of `size` bytes at `offset`, with room for all of them.
+    pub fn read_at(&mut self, nodeid: u64, fh: u64, offset: u64, size: u32) -> Outcome {
+        let unique = self.next_unique();
+        let body = ReadIn {
+            fh,
+            offset,
+            size,
+            ..Default::default()
+        };
+        let chain = [
+            Buf::Readable(message(
+                Opcode::Read as u32,
+                unique,
+                nodeid,
+                body.as_slice(),
+            )),
+            Buf::Writable(size + size_of::<OutHeader>() as u32),
+        ];
+        check("READ", unique, self.vmm.call(REQUESTS, &chain, TIMEOUT))
     }
 }
 
