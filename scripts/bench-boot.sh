@@ -16,6 +16,8 @@
 #
 # Env:
 #   REPS=3          repetitions; in each, every row once (rows interleaved)
+#   ROWS=           the rows to run, in this order (default: all, as below);
+#                   the report needs virtiofsd and, for the factor, ours-cold
 #   DELAY_MS=5      delay each way of the proxy in front of the store for
 #                   the ours-10ms row (5: 10 ms per round trip)
 #   TVIX_STORE_BIN= the real tvix-store (default: PATH, then
@@ -67,7 +69,11 @@ if [ "$smoke" = 1 ]; then
   reps=1 profile=${PROFILE:-dev} rows=(ours-cold)
   TIMEOUT=${TIMEOUT:-300}
 else
-  reps=${REPS:-3} profile=${PROFILE:-release} rows=(virtiofsd ours-cold ours-10ms ours-warm tvix-virtiofs)
+  reps=${REPS:-3} profile=${PROFILE:-release}
+  read -r -a rows <<<"${ROWS:-virtiofsd ours-cold ours-10ms ours-warm tvix-virtiofs}"
+  for r in "${rows[@]}"; do
+    case $r in virtiofsd | ours-cold | ours-10ms | ours-warm | tvix-virtiofs) ;; *) die "ROWS: no row $r" ;; esac
+  done
   TIMEOUT=${TIMEOUT:-600}
 fi
 for v in "$reps" "$delay_ms"; do
@@ -78,7 +84,7 @@ done
 tvix_bin=$(bench_real_bin tvix) || die "no tvix-store binary (TVIX_STORE_BIN, PATH, $REPO/../shared/ref/bin)"
 bench_build "$profile"
 [ -x "$bindir/tvix-delay-proxy" ] || die "missing $bindir/tvix-delay-proxy"
-[ "$smoke" = 1 ] || bench_virtiofsd
+[[ " ${rows[*]} " != *" virtiofsd "* ]] || bench_virtiofsd
 guest=${CARGO_TARGET_DIR:-$REPO/target}/boot-guest
 scripts/boot-guest/build.sh "$guest" >&2
 tree=$guest/tree
@@ -231,6 +237,7 @@ target_of() {
 }
 
 bench_host_info
+vfs_version=${vfs_version:-(not run)}
 kver=$(cat "$guest/vm/kernel.release")
 repro="REPS=$reps ACCEL=$ACCEL"
 [ "$delay_ms" = 5 ] || repro+=" DELAY_MS=$delay_ms"

@@ -9,7 +9,8 @@
 # Writes to OUTDIR:
 #   tree/debian-rootfs/  the root file system as a store holds it: the tree
 #       of scripts/systemd-guest/build-rootfs.sh without what a castore
-#       cannot hold (device nodes, FIFOs, sockets), with what it would
+#       cannot hold (device nodes, FIFOs, sockets), a .keep file in each
+#       empty directory (see below), with what it would
 #       report instead of the rest (owner root, directories 0555, files
 #       0444 or 0555 when executable, every mtime 1), and boot-marker.service
 #       (prints the uptime once multi-user.target is reached, then powers
@@ -56,6 +57,13 @@ install -m 0755 "$HERE/boot-marker" "$tree/usr/local/lib/boot-marker"
 install -m 0644 "$HERE/boot-marker.service" "$tree/etc/systemd/system/"
 mkdir -p "$tree/etc/systemd/system/multi-user.target.wants"
 ln -sf /etc/systemd/system/boot-marker.service "$tree/etc/systemd/system/multi-user.target.wants/"
+# A castore names a directory by its content, and `tvix-store virtiofs`
+# gives identical directories one inode: the guest kernel then takes /proc,
+# /sys, /tmp and every other empty directory for one directory (a directory
+# inode has one dentry), and systemd cannot mount its API file systems. A
+# file naming the path makes each empty directory unique, for every daemon
+# alike.
+find "$tree" -type d -empty -exec sh -c 'for d; do echo "${d#"$1"}" >"$d/.keep"; done' sh "$tree" {} +
 # Everything as a castore reports it.
 chown -hR 0:0 "$tree"
 find "$tree" -type f -perm /0111 -exec chmod 0555 {} +
