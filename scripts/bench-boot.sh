@@ -247,13 +247,20 @@ n_entries=$(find "$tree/debian-rootfs" | wc -l)
 tree_mib=$(du -sm --apparent-size "$tree/debian-rootfs" | cut -f 1)
 cold_calls=$(med ours-cold 6 %.0f)
 cold_mib=$(awk -v b="$(med ours-cold 7 %.0f)" 'BEGIN { printf "%.1f", b / 1048576 }')
-delay_extra=$(awk -v a="$(med ours-10ms 3 %.2f)" -v b="$(med ours-cold 3 %.2f)" 'BEGIN { printf "%.1f", a - b }')
-per_call=$(awk -v d="$delay_extra" -v n="$(med ours-10ms 6 %.0f)" 'BEGIN { if (n > 0) printf "%.1f", d * 1000 / n; else print "-" }')
+# the 10 ms row's extra time over cold loopback, per repetition, and its median
+delay_extra=$(join <(awk '$1 == "ours-10ms" && $2 != "fill" { print $2, $3 }' "$results" | sort) \
+  <(awk '$1 == "ours-cold" && $2 != "fill" { print $2, $3 }' "$results" | sort) |
+  sort -n | awk '{ printf "%.2f\n", $2 - $3 }')
+# shellcheck disable=SC2086  # one number per word
+delay_med=$(median2 $delay_extra)
+delay_bound=$(awk -v n="$(med ours-10ms 6 %.0f)" -v d="$delay_ms" 'BEGIN { printf "%.1f", n * 2 * d / 1000 }')
+n_keep=$(find "$tree/debian-rootfs" -name .keep | wc -l)
+range() { col "$1" 3 | sort -g | awk 'NR == 1 { a = $1 } { b = $1 } END { printf "%s–%s s", a, b }'; }
 
 report() {
   bench_report_head "$SECTION" "$repro"
   echo "- Host: $(nproc) CPUs, $cpu, $(awk '/^MemTotal:/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) memory, shared with other work; guest accel **${ACCEL^^}**, QEMU $qemu_v, guest kernel $kver (the host's linux-image-cloud-amd64), ${SMP:-2} vCPUs, ${MEM:-1G} memory"
-  echo "- Guest (\`scripts/boot-guest/\`): the Debian 12 minbase + systemd + dbus of \`scripts/systemd-guest/build-rootfs.sh\` as one store path ($n_entries entries, $tree_mib MiB; device nodes, FIFOs and sockets removed; owner root, modes 0444/0555, mtime 1, as a castore holds them), imported with \`tvix-store import\` into a real \`tvix-store daemon\` ($("$tvix_bin" --version | head -n 1)) on local disk (objectstore+file:// blobs, redb:// directories and path infos), over grpc+unix on the same host. A busybox initramfs loads virtiofs and overlay, mounts the tag read-only, puts a tmpfs over the store path with overlayfs, fixes /tmp and /var/tmp to 1777 and switches to systemd; \`boot-marker.service\` (After=multi-user.target) reports the uptime and powers off. Every boot is checked: multi-user.target reached, no failed unit."
+  echo "- Guest (\`scripts/boot-guest/\`): the Debian 12 minbase + systemd + dbus of \`scripts/systemd-guest/build-rootfs.sh\` as one store path ($n_entries entries, $tree_mib MiB; device nodes, FIFOs and sockets removed; owner root, modes 0444/0555, mtime 1, as a castore holds them), imported with \`tvix-store import\` into a real \`tvix-store daemon\` ($("$tvix_bin" --version | head -n 1)) on local disk (objectstore+file:// blobs, redb:// directories and path infos), over grpc+unix on the same host. A busybox initramfs loads virtiofs and overlay, mounts the tag read-only, puts a tmpfs over the store path with overlayfs, mounts a tmpfs of mode 1777 on /tmp and /var/tmp and switches to systemd; \`boot-marker.service\` (After=multi-user.target) reports the uptime and powers off. Every boot is checked: multi-user.target reached, no failed unit. Each of the $n_keep empty directories holds a \`.keep\` file naming its path: \`tvix-store virtiofs\` gives identical directories one inode, which the guest kernel takes for one directory (/proc, /sys and /tmp became one, and systemd stopped at \"Failed to mount API filesystems\"); the file makes them differ, for every row alike."
   echo "- Ours: $profile profile, default options plus \`--cache-dir\` and \`--instance boot\`: an empty cache directory per cold boot; the warm rows reuse the cache directory that one untimed boot filled before the first repetition (the instance's mappings and the shared objects), with a fresh daemon each time. The $((2 * delay_ms)) ms row goes through \`tvix-delay-proxy\` (benches/loadgen), which holds every forwarded segment $delay_ms ms in each direction without limiting throughput (\`tc netem\` on lo would also delay every other user of the host's loopback, and the store is on a unix socket)."
   echo "- Baseline: virtiofsd $vfs_version \`--cache always --sandbox none --readonly\` sharing the same directory that was imported. \`tvix-store --otlp=false virtiofs\` with the three addresses of the same store daemon."
   echo "- One guest boot per row and repetition, with a fresh daemon; rows interleaved in the order $(join_list "${rows[@]}"); repetitions: $reps; the store's files and virtiofsd's tree are in the host page cache for every row alike. Times are the guest's /proc/uptime (10 ms) when multi-user.target is reached, medians; ratios are per repetition, row time / virtiofsd time of the same repetition (< 1: faster than virtiofsd), median first."
@@ -294,9 +301,12 @@ report() {
   echo
   echo "- Every row: the guest kernel and systemd run in emulated code on 2 host CPUs that also run the daemons and the store: the kernel alone takes about $(med virtiofsd 4 %.1f) s to the initramfs's hand-over here, and systemd's own start-up (units, dbus, journald under TCG) is most of the rest. What the file system adds shows in the difference to the virtiofsd row."
   echo "- Ours cold: one boot fetches $cold_mib MiB in $cold_calls store calls (the root's path info, then Directories in few recursive calls, then per file read a chunk list and its chunks). Most calls are made when the guest first opens a file, one after another in the order systemd and the programs it starts open them; every one then verifies and writes what it fetched to the disk cache."
-  echo "- Ours behind $((2 * delay_ms)) ms: the median boot took $delay_extra s longer than on loopback for $(med ours-10ms 6 %.0f) store calls, $per_call ms per call: the calls that the guest waits for cost one round trip each, so this row is bounded by calls × round trip more than by bytes."
+  # shellcheck disable=SC2086  # one number per word
+  echo "- Ours behind $((2 * delay_ms)) ms: per repetition it took $(join_list $delay_extra) s longer than cold on loopback (median $delay_med s). If each of its $(med ours-10ms 6 %.0f) store calls were one round trip that the guest waits for, one after another, that would be $delay_bound s: the bound of this row is calls × round trip (the bytes, $cold_mib MiB, are not), and read-ahead and the recursive Directory fetches keep the calls few. Differences smaller than the spread between repetitions (below) are noise."
   echo "- Ours warm: no store calls when the disk cache holds everything (calls column); every chunk read back is hashed again before it is served (the price of sharing the cache between daemons), and each first open of a file is a guest exit and a daemon round trip, as for virtiofsd."
-  echo "- \`tvix-store virtiofs\`: same store, same tree; it has no cache of its own that survives a boot, and reads blob data from the store for each read request."
+  echo "- \`tvix-store virtiofs\`: the same store and tree, a fresh daemon per boot; its store calls are not counted (it has no stats file)."
+  echo
+  echo "The host's load changed during the run, and with it every row: virtiofsd took $(range virtiofsd), ours cold $(range ours-cold), ours warm $(range ours-warm), \`tvix-store virtiofs\` $(range tvix-virtiofs) to multi-user.target. Compare rows within a repetition (the ratios), not across them."
   echo
   echo "Guest boots took $t_boots s in all ($boots boots, one of them the untimed fill); the store's start and import $t_import s; the whole script $(($(date +%s) - t_script)) s. Host load average (1 min) before / after the boots: $load_before / $load_after (other jobs share this host: compare rows of one repetition)."
 }
