@@ -3,8 +3,11 @@
 # import a sample tree into a store, start the daemon, and boot a tiny QEMU
 # guest that mounts the share and prints what it sees.
 #
-# Usage: scripts/demo.sh [--fuse] [TREE]
+# Usage: scripts/demo.sh [--fuse | --boot] [TREE]
 #   --fuse  no VM: mount through /dev/fuse on the host instead
+#   --boot  boot a whole Debian 12 with systemd whose root file system is a
+#           store path (scripts/boot-guest/), cold, and print the uptime at
+#           multi-user.target (TREE is not used)
 #   TREE    directory to import (each top-level entry becomes a store path);
 #           default: a small generated sample
 # The store is a real tvix-store or snix-store when one is at hand
@@ -18,7 +21,10 @@ cd "$(dirname "$0")/.."
 repo=$PWD
 
 mode=vm
-if [ "${1:-}" = --fuse ]; then mode=fuse; shift; fi
+case ${1:-} in
+  --fuse) mode=fuse; shift ;;
+  --boot) mode=boot; shift ;;
+esac
 tree=${1:-}
 
 scripts/install-deps.sh
@@ -27,7 +33,12 @@ bin=$repo/target/release
 work=$repo/target/demo
 rm -rf "$work"; mkdir -p "$work"
 
-if [ -z "$tree" ]; then
+if [ "$mode" = boot ]; then
+  guest=$repo/target/boot-guest
+  echo "== building the boot guest: Debian 12 minbase + systemd (debootstrap, cached), kernel, initramfs"
+  scripts/boot-guest/build.sh "$guest"
+  tree=$guest/tree
+elif [ -z "$tree" ]; then
   tree=$work/tree
   mkdir -p "$tree/hello-2.12/bin" "$tree/hello-2.12/share/doc"
   printf '#!/bin/sh\necho "Hello from the store"\n' > "$tree/hello-2.12/bin/hello"
@@ -71,7 +82,7 @@ if read -r kind store_bin < <(real_store); then
   addr=grpc+unix://$work/store.sock
   for entry in "$tree"/*; do
     "$store_bin" --otlp=false import --blob-service-addr "$addr" --directory-service-addr "$addr" \
-      --path-info-service-addr "$addr" "$entry" 2>>"$work/store.log" | sed 's/^/   /'
+      --path-info-service-addr "$addr" "$entry" 2>>"$work/store.log" | tee -a "$work/imported" | sed 's/^/   /'
   done
   protocol=(--store-protocol "$kind")
 else
@@ -80,7 +91,31 @@ else
     --chunk-size 262144 >"$work/store.out" 2>"$work/store.log" &
   pids+=($!)
   for _ in $(seq 100); do grep -q '^LISTENING' "$work/store.out" 2>/dev/null && break; sleep 0.1; done
-  grep '^STORE_PATH' "$work/store.out" | sed 's/^STORE_PATH /   \/nix\/store\//'
+  grep '^STORE_PATH' "$work/store.out" | sed 's/^STORE_PATH /\/nix\/store\//' | tee "$work/imported" | sed 's/^/   /'
+fi
+
+if [ "$mode" = boot ]; then
+  root=$(sed -n 's|^/nix/store/\([0-9a-z]\{32\}-debian-rootfs\)$|\1|p' "$work/imported")
+  [ -n "$root" ] || { echo "no debian-rootfs store path among those imported" >&2; exit 1; }
+  "$bin/tvix-virtiofsd" --socket-path "$work/fs.sock" --store "grpc+unix://$work/store.sock" \
+    "${protocol[@]}" --cache-dir "$work/cache" --stats-file "$work/stats" 2>"$work/daemon.log" &
+  pids+=($!)
+  for _ in $(seq 100); do [ -S "$work/fs.sock" ] && break; sleep 0.1; done
+  echo "== booting QEMU (accel ${ACCEL:-tcg}) with the root file system /nix/store/$root"
+  echo "   the initramfs mounts virtio-fs read-only, lays a tmpfs over the store path (overlayfs)"
+  echo "   and starts systemd; every file systemd reads is fetched from the store, verified and"
+  echo "   kept in $work/cache. The guest's console follows."
+  VM_DIR=$guest/vm APPEND_EXTRA="boot.root=$root" CONSOLE=1 \
+    scripts/vm/run-guest.sh "$work/fs.sock" nix-store - 600 >"$work/boot.out"
+  wait "${pids[-1]}" || true
+  switch=$(sed -n 's/^SWITCH //p' "$work/boot.out")
+  multi=$(sed -n 's/^MULTIUSER //p' "$work/boot.out")
+  echo "== systemd started at ${switch:-?} s of guest uptime; multi-user.target reached at ${multi:-?} s"
+  echo "   failed units: $(sed -n 's/^FAILED //p' "$work/boot.out")"
+  echo "== the daemon: $(awk '$1 == "store_requests" { c = $2 } $1 == "store_bytes_fetched" { b = $2 }
+    END { printf "%d store calls, %.1f MiB fetched from the store", c, b / 1048576 }' "$work/stats")"
+  [ -n "$multi" ]
+  exit
 fi
 
 if [ "$mode" = fuse ]; then

@@ -37,3 +37,4 @@ scripts/bench-cache.sh --smoke
 scripts/bench-vm.sh --smoke
 scripts/bench-peers.sh --smoke
 scripts/bench-loadgen.sh --smoke
+scripts/bench-boot.sh --smoke

@@ -9,6 +9,9 @@
 #   KVER=     kernel release in /boot (default: newest *-cloud-amd64)
 #   FORCE=1   rebuild even if the outputs are up to date
 #   NO_APT=1  never run apt-get; fail if something is missing
+#   EXTRA_MODULES=  more modules to load after those below (e.g. overlay)
+#   INIT=     a file to use as /init instead of the one below (it gets the
+#             same busybox, modules list and /job segment)
 #
 # Writes to OUTDIR:
 #   vmlinuz          copy of /boot/vmlinuz-$KVER
@@ -81,12 +84,18 @@ MODDIR=/lib/modules/$KVER
 
 # ---- up to date? -----------------------------------------------------------
 outputs=("$OUT/vmlinuz" "$OUT/initramfs.cpio.gz" "$OUT/kernel.release")
+INIT=${INIT:-}
+[ -z "$INIT" ] || [ -r "$INIT" ] || die "cannot read INIT=$INIT"
+read -r -a EXTRA <<<"${EXTRA_MODULES:-}"
+inputs=("${BASH_SOURCE[0]}" "$MANIFEST_SCRIPT" "$KERNEL" ${INIT:+"$INIT"})
+extra_args="${EXTRA[*]}|$INIT"  # outputs without extra.args were built with neither
 up_to_date() {
   [ "${FORCE:-0}" != 1 ] || return 1
   [ "$(cat "$OUT/kernel.release" 2>/dev/null)" = "$KVER" ] || return 1
+  [ "$(cat "$OUT/extra.args" 2>/dev/null || echo '|')" = "$extra_args" ] || return 1
   local o i
   for o in "${outputs[@]}"; do
-    for i in "${BASH_SOURCE[0]}" "$MANIFEST_SCRIPT" "$KERNEL"; do
+    for i in "${inputs[@]}"; do
       [ "$o" -nt "$i" ] || return 1
     done
   done
@@ -124,7 +133,7 @@ add_module() {  # depth first: dependencies before the module itself
   for d in ${MODDEPS[$m]}; do add_module "$(modname "$d")"; done
   ORDER+=("$m")
 }
-for m in virtio_pci fuse virtiofs; do add_module "$m"; done
+for m in virtio_pci fuse virtiofs "${EXTRA[@]}"; do add_module "$m"; done
 log "module load order: ${ORDER[*]:-(all built in)}"
 
 # ---- assemble the initramfs --------------------------------------------
@@ -205,6 +214,7 @@ cd /
 umount "$mnt" || marker "umount $mnt failed (ignored)"
 halt
 EOF
+[ -z "$INIT" ] || cp "$INIT" "$STAGE/init"
 chmod 755 "$STAGE/init"
 
 mkdir -p "$OUT"
@@ -214,4 +224,5 @@ mv "$OUT/initramfs.cpio.gz.tmp" "$OUT/initramfs.cpio.gz"
 cp "$KERNEL" "$OUT/vmlinuz.tmp"
 mv "$OUT/vmlinuz.tmp" "$OUT/vmlinuz"
 echo "$KVER" >"$OUT/kernel.release"
+echo "$extra_args" >"$OUT/extra.args"
 log "wrote $(du -h "$OUT/initramfs.cpio.gz" | cut -f 1) initramfs, kernel $KVER"
