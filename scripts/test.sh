@@ -13,9 +13,10 @@ scripts/systemd-guest/build-rootfs.sh >target/build-rootfs.log 2>&1 &
 rootfs_build=$!
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
-shellcheck -x -S warning scripts/*.sh scripts/vm/*.sh scripts/systemd-guest/*.sh \
+shellcheck -x -S warning scripts/*.sh scripts/vm/*.sh scripts/systemd-guest/*.sh scripts/boot-guest/*.sh \
   scripts/systemd-guest/guest/*.sh .ci/run
-shellcheck -s sh -S warning scripts/debian/postinst scripts/debian/prerm scripts/debian/postrm
+shellcheck -s sh -S warning scripts/debian/postinst scripts/debian/prerm scripts/debian/postrm \
+  scripts/boot-guest/init scripts/boot-guest/boot-marker
 scripts/vm/build-guest.sh
 # The fixture store's binary: `cargo test` builds only its unit tests, and
 # the integration tests spawn it.
