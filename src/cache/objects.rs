@@ -275,10 +275,18 @@ impl SharedObjects {
         self.eviction.admit(len)
     }
 
+    /// Renames `temp` to `path`, creating its fan-out directory only when
+    /// the rename finds it missing (one system call per object, not two).
     fn place(&self, path: &Path, temp: tempfile::NamedTempFile) -> io::Result<()> {
-        fs::create_dir_all(path.parent().unwrap_or(&self.root))?;
-        temp.persist(path).map_err(|e| e.error)?;
-        Ok(())
+        match temp.persist(path) {
+            Ok(_) => Ok(()),
+            Err(e) if e.error.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_all(path.parent().unwrap_or(&self.root))?;
+                e.file.persist(path).map_err(|e| e.error)?;
+                Ok(())
+            }
+            Err(e) => Err(e.error),
+        }
     }
 }
 
