@@ -10,8 +10,8 @@ use parking_lot::Mutex;
 
 /// Smaller buffers are cheap enough to allocate.
 const MIN_RECYCLED: usize = 64 << 10;
-/// At most this many bytes wait for reuse.
-const KEPT_BYTES: usize = 64 << 20;
+/// At most this many bytes wait for reuse (beyond the memory cache).
+const KEPT_BYTES: usize = 16 << 20;
 
 struct Pool {
     free: Vec<Vec<u8>>,
