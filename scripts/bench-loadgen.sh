@@ -69,7 +69,7 @@ workloads=meta,readdir,seq,seq1m,rand
 
 # ---- build, tools, store ------------------------------------------------------------
 bench_build "$profile"
-for b in tvix-loadgen tvix-blob-stream; do [ -x "$bindir/$b" ] || die "missing $bindir/$b"; done
+for b in tvix-loadgen tvix-blob-stream tvix-copy-hash-rate; do [ -x "$bindir/$b" ] || die "missing $bindir/$b"; done
 bench_store_choice
 [ "$smoke" = 1 ] || [ "$store_kind" != fixture ] || die "the cold rows need a real store (STORE=tvix or snix)"
 baseline=virtiofsd
@@ -200,6 +200,9 @@ for w in meta readdir seq rand; do
 done
 
 bench_host_info
+# The per-byte bounds on one core of this host, measured now.
+rates=$("$bindir/tvix-copy-hash-rate" "$tree/big/data.bin")
+rate() { sed -n "s/.* $1=\([0-9.]*\).*/\1/p" <<<" ${rates#RATE }"; }
 report=$work/report.md
 {
   if [ "$smoke" = 1 ]; then
@@ -210,6 +213,7 @@ report=$work/report.md
   bench_report_head "## Load generator (smoke)" "$repro"
   echo "- Machine: $cpu, $(nproc) CPUs shared with other work, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) RAM; Linux $(uname -r)"
   echo "- Tree: $nfiles files of 0-2 KiB in directories of 100 (meta), one directory of $nflat entries (flat), data.bin of $size_mib MiB (random); store: $(bench_store_label)"
+  echo "- One core of this host, measured in the same run (\`tvix-copy-hash-rate\`): memcpy $(rate memcpy_gb_s) GB/s, BLAKE3 in 16 KiB groups $(rate blake3_gb_s) GB/s, a read from the page cache into a buffer $(rate page_cache_read_gb_s) GB/s"
   echo "- $threads request queue(s), one load generator thread each, one request in flight per queue; $reps repetitions, medians; our daemon ($profile build) with its defaults (seccomp, Landlock, --readahead-chunks $(bench_readahead)) and --num-request-queues $threads"
   if [ "$baseline" = virtiofsd ]; then
     echo "- Baseline: virtiofsd $vfs_version (\`--cache auto --sandbox chroot\`, seccomp on) on a local copy of the tree in the host page cache"

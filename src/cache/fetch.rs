@@ -13,7 +13,7 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 
 use super::objects::ObjectKind;
 use super::readahead::DiskReadahead;
-use super::{outboard, CachedStore};
+use super::{buffers, outboard, CachedStore};
 use crate::store::{Chunk, StoreError};
 
 pub type ChunkResult = Result<Bytes, Arc<StoreError>>;
@@ -263,29 +263,55 @@ impl CachedStore {
     async fn fetch_from_store(&self, chunk: &Chunk) -> Result<Bytes, StoreError> {
         self.stats.store_requests.fetch_add(1, Ordering::Relaxed);
         self.stats.fetches_in_flight.fetch_add(1, Ordering::Relaxed);
-        let result = self
-            .client
-            .read_blob_to_memory(&chunk.digest, chunk.size)
-            .await;
+        let result = self.receive_chunk(chunk).await;
         self.stats.fetches_in_flight.fetch_sub(1, Ordering::Relaxed);
-        match &result {
-            Ok(data) => {
+        match result {
+            Ok((data, outboard)) => {
                 self.stats
                     .store_bytes_fetched
                     .fetch_add(data.len() as u64, Ordering::Relaxed);
                 if let Some(objects) = self.objects.clone() {
-                    let (digest, data) = (chunk.digest, data.clone());
+                    let (digest, written) = (chunk.digest, data.clone());
                     self.write_behind(move || {
-                        objects.put(ObjectKind::Chunk, &digest, &data);
-                        if let Some(outboard) = outboard::compute(&data) {
+                        objects.put(ObjectKind::Chunk, &digest, &written);
+                        if let Some(outboard) = outboard {
                             objects.put(ObjectKind::Outboard, &digest, &outboard);
                         }
                     });
                 }
+                Ok(data)
             }
-            Err(e) => self.count_failure(e),
+            Err(e) => {
+                self.count_failure(&e);
+                Err(e)
+            }
         }
-        result
+    }
+
+    /// A chunk from the store into (recycled) memory, with its outboard,
+    /// verified: each 16 KiB group is hashed as it arrives and the root of
+    /// their tree compared with the digest, one hashing pass for both.
+    async fn receive_chunk(&self, chunk: &Chunk) -> Result<(Bytes, Option<Vec<u8>>), StoreError> {
+        let mut buf = buffers::take(usize::try_from(chunk.size).unwrap_or(0));
+        let mut groups = outboard::GroupHasher::default();
+        let by_group = chunk.size > outboard::GROUP;
+        self.client
+            .stream_blob_unverified(&chunk.digest, chunk.size, |piece| {
+                buf.extend_from_slice(piece);
+                if by_group {
+                    groups.advance(&buf);
+                }
+                Ok(())
+            })
+            .await?;
+        let (actual, outboard) = groups.finish(&buf);
+        if actual != chunk.digest {
+            return Err(StoreError::BlobDigestMismatch {
+                digest: chunk.digest,
+                actual,
+            });
+        }
+        Ok((buffers::freeze(buf), outboard))
     }
 }
 

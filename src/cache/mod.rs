@@ -19,6 +19,7 @@
 //!
 //! With the store down, everything cached keeps being served.
 
+mod buffers;
 mod eviction;
 mod fetch;
 mod files;

@@ -159,8 +159,7 @@ impl SharedObjects {
     /// Directories and outboards must be checked by the caller.
     pub fn get(&self, kind: ObjectKind, digest: &B3Digest, len: Option<u64>) -> Option<Bytes> {
         let (mut file, actual) = self.open_checked(kind, digest, len)?;
-        let mut data = Vec::with_capacity(actual as usize);
-        populate(&mut data);
+        let mut data = super::buffers::take(actual as usize);
         if let Err(e) = (&mut file).take(actual).read_to_end(&mut data) {
             tracing::warn!(digest = %digest, error = %e, "reading a cache object failed; treated as a miss");
             self.miss();
@@ -174,7 +173,7 @@ impl SharedObjects {
         }
         self.touch(&file);
         self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
-        Some(Bytes::from(data))
+        Some(super::buffers::freeze(data))
     }
 
     /// `len` bytes at `offset` of an object that must be `size` bytes
@@ -276,32 +275,17 @@ impl SharedObjects {
         self.eviction.admit(len)
     }
 
+    /// Renames `temp` to `path`, creating its fan-out directory only when
+    /// the rename finds it missing (one system call per object, not two).
     fn place(&self, path: &Path, temp: tempfile::NamedTempFile) -> io::Result<()> {
-        fs::create_dir_all(path.parent().unwrap_or(&self.root))?;
-        temp.persist(path).map_err(|e| e.error)?;
-        Ok(())
-    }
-}
-
-/// Faults in the spare capacity of `buf` with one call instead of a page
-/// fault per 4 KiB page during the read: new memory for a filling cache
-/// costs more in page faults than the read itself. Best effort (needs
-/// Linux 5.14).
-fn populate(buf: &mut Vec<u8>) {
-    const PAGE: usize = 4096;
-    let spare = buf.spare_capacity_mut();
-    let start = spare.as_mut_ptr() as usize;
-    let aligned = start.next_multiple_of(PAGE);
-    let end = (start + spare.len()) & !(PAGE - 1);
-    if end > aligned {
-        // SAFETY: the range lies within this Vec's own allocation, which
-        // holds no values yet; populating only faults its pages in.
-        unsafe {
-            libc::madvise(
-                aligned as *mut libc::c_void,
-                end - aligned,
-                libc::MADV_POPULATE_WRITE,
-            );
+        match temp.persist(path) {
+            Ok(_) => Ok(()),
+            Err(e) if e.error.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_all(path.parent().unwrap_or(&self.root))?;
+                e.file.persist(path).map_err(|e| e.error)?;
+                Ok(())
+            }
+            Err(e) => Err(e.error),
         }
     }
 }

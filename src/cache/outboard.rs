@@ -85,16 +85,70 @@ pub fn verified_leaves(
     size: u64,
     outboard: &[u8],
 ) -> Option<Vec<ChainingValue>> {
+    let leaves = leaves(size, outboard)?;
+    (root_of(size, &leaves).as_bytes() == digest.as_bytes()).then_some(leaves)
+}
+
+/// The BLAKE3 digest an outboard of a blob of `size` (more than one
+/// group) stands for: the root of the tree over its group chaining values.
+pub fn root(size: u64, outboard: &[u8]) -> Option<B3Digest> {
+    let leaves = leaves(size, outboard)?;
+    Some(B3Digest::from(root_of(size, &leaves)))
+}
+
+fn leaves(size: u64, outboard: &[u8]) -> Option<Vec<ChainingValue>> {
     if size <= GROUP || outboard.len() != groups(size) * 32 {
         return None;
     }
-    let leaves: Vec<ChainingValue> = outboard
-        .chunks_exact(32)
-        .map(|cv| cv.try_into().expect("32-byte chunks"))
-        .collect();
-    let (left, right) = split(0, size, &leaves);
-    (merge_subtrees_root(&left, &right, Mode::Hash).as_bytes() == digest.as_bytes())
-        .then_some(leaves)
+    Some(
+        outboard
+            .chunks_exact(32)
+            .map(|cv| cv.try_into().expect("32-byte chunks"))
+            .collect(),
+    )
+}
+
+fn root_of(size: u64, leaves: &[ChainingValue]) -> blake3::Hash {
+    let (left, right) = split(0, size, leaves);
+    merge_subtrees_root(&left, &right, Mode::Hash)
+}
+
+/// The outboard of bytes arriving in order into one buffer, each group
+/// hashed as soon as it is complete, while it is still in the CPU's cache.
+/// Its root is the buffer's digest: one hashing pass both verifies the
+/// bytes and gives the outboard.
+#[derive(Default)]
+pub struct GroupHasher {
+    hashed: usize,
+    outboard: Vec<u8>,
+}
+
+impl GroupHasher {
+    /// Hashes the complete groups of `data` (the buffer so far; it only
+    /// ever grows) not hashed yet.
+    pub fn advance(&mut self, data: &[u8]) {
+        let group = GROUP as usize;
+        while data.len() - self.hashed >= group {
+            let cv = group_cv(self.hashed as u64, &data[self.hashed..self.hashed + group]);
+            self.outboard.extend_from_slice(&cv);
+            self.hashed += group;
+        }
+    }
+
+    /// The digest of `data` (the whole buffer) and, if it is more than one
+    /// group, its outboard.
+    pub fn finish(mut self, data: &[u8]) -> (B3Digest, Option<Vec<u8>>) {
+        if data.len() as u64 <= GROUP {
+            return (B3Digest::of(data), None);
+        }
+        self.advance(data);
+        if self.hashed < data.len() {
+            let cv = group_cv(self.hashed as u64, &data[self.hashed..]);
+            self.outboard.extend_from_slice(&cv);
+        }
+        let digest = root(data.len() as u64, &self.outboard).expect("one value per group");
+        (digest, Some(self.outboard))
+    }
 }
 
 /// Whether `group`, the bytes of the group at `offset`, match `leaves`.
@@ -112,11 +166,20 @@ pub struct OutboardBuilder {
 
 impl OutboardBuilder {
     pub fn update(&mut self, mut piece: &[u8]) {
+        let group = GROUP as usize;
         while !piece.is_empty() {
-            let take = (GROUP as usize - self.group.len()).min(piece.len());
+            if self.group.is_empty() && piece.len() >= group {
+                // A whole group straight from the piece, without a copy.
+                let cv = group_cv(self.offset, &piece[..group]);
+                self.outboard.extend_from_slice(&cv);
+                self.offset += GROUP;
+                piece = &piece[group..];
+                continue;
+            }
+            let take = (group - self.group.len()).min(piece.len());
             self.group.extend_from_slice(&piece[..take]);
             piece = &piece[take..];
-            if self.group.len() == GROUP as usize {
+            if self.group.len() == group {
                 self.flush();
             }
         }
@@ -238,12 +301,18 @@ mod tests {
         for size in SIZES {
             let bytes = data(size);
             let digest = B3Digest::of(&bytes);
+            // Pieces smaller than a group, and larger ones (hashed in place).
             let mut builder = OutboardBuilder::default();
             for piece in bytes.chunks(7777) {
                 builder.update(piece);
             }
             let outboard = builder.finish();
             assert_eq!(outboard, compute(&bytes).unwrap());
+            let mut builder = OutboardBuilder::default();
+            for piece in bytes.chunks(40000) {
+                builder.update(piece);
+            }
+            assert_eq!(builder.finish(), outboard);
             let leaves = verified_leaves(&digest, size as u64, &outboard).unwrap();
             for (i, group) in bytes.chunks(GROUP as usize).enumerate() {
                 assert!(group_matches(&leaves, i as u64 * GROUP, group));
@@ -254,6 +323,22 @@ mod tests {
             let mut bad = outboard.clone();
             bad[5] ^= 1;
             assert!(verified_leaves(&digest, size as u64, &bad).is_none());
+        }
+    }
+
+    #[test]
+    fn a_group_hasher_gives_the_digest_and_the_outboard_in_one_pass() {
+        for size in [0, 1, 16384, 16385].into_iter().chain(SIZES) {
+            let bytes = data(size);
+            let mut hasher = GroupHasher::default();
+            let mut buf = Vec::new();
+            for piece in bytes.chunks(5000) {
+                buf.extend_from_slice(piece);
+                hasher.advance(&buf);
+            }
+            let (digest, outboard) = hasher.finish(&buf);
+            assert_eq!(digest, B3Digest::of(&bytes), "size {size}");
+            assert_eq!(outboard, compute(&bytes), "size {size}");
         }
     }
 

@@ -177,7 +177,8 @@ impl CachedStore {
         };
         let mut temp = temp.map_err(sink_error)?;
         let mut builder = OutboardBuilder::default();
-        self.call(self.client.read_blob(digest, size, |piece| {
+        // One hashing pass: the outboard's root is compared with the digest.
+        self.call(self.client.stream_blob_unverified(digest, size, |piece| {
             builder.update(piece);
             temp.write_all(piece)
         }))?;
@@ -185,8 +186,17 @@ impl CachedStore {
             .store_bytes_fetched
             .fetch_add(size, Ordering::Relaxed);
         let outboard = builder.finish();
-        let leaves = outboard::verified_leaves(digest, size, &outboard)
-            .ok_or_else(|| changed_under_us(digest, 0))?;
+        let Some(leaves) = outboard::verified_leaves(digest, size, &outboard) else {
+            let e = match outboard::root(size, &outboard) {
+                Some(actual) => StoreError::BlobDigestMismatch {
+                    digest: *digest,
+                    actual,
+                },
+                None => changed_under_us(digest, 0),
+            };
+            self.count_failure(&e);
+            return Err(e);
+        };
         // The same open file (read-write, so pread works): no second open.
         let file = temp.as_file().try_clone().map_err(sink_error)?;
         match self.objects.clone() {

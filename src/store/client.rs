@@ -8,7 +8,7 @@ use std::future::Future;
 use std::io;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use prost::Message;
 use tonic::transport::Channel;
 use tonic::Code;
@@ -475,6 +475,33 @@ impl StoreClient {
         size: u64,
         mut sink: impl FnMut(&[u8]) -> io::Result<()>,
     ) -> Result<()> {
+        let mut hasher = blake3::Hasher::new();
+        self.stream_blob_unverified(digest, size, |piece| {
+            hasher.update(piece);
+            sink(piece)
+        })
+        .await?;
+        let actual = B3Digest::from(hasher.finalize());
+        if actual != *digest {
+            return Err(StoreError::BlobDigestMismatch {
+                digest: *digest,
+                actual,
+            });
+        }
+        Ok(())
+    }
+
+    /// Streams exactly `size` bytes of the blob `digest` into `sink` (more
+    /// is cut off at once, less is an error) WITHOUT checking them against
+    /// the digest: for callers that hash what arrives their own way (group
+    /// by group, for an outboard) and must then compare the result with
+    /// `digest` before using any of it.
+    pub async fn stream_blob_unverified(
+        &self,
+        digest: &B3Digest,
+        size: u64,
+        mut sink: impl FnMut(&[u8]) -> io::Result<()>,
+    ) -> Result<()> {
         let mut client = self.blobs.clone();
         let call = "BlobService.Read";
         let request = ReadBlobRequest {
@@ -487,7 +514,6 @@ impl StoreClient {
             .await
             .map_err(not_found)?
             .into_inner();
-        let mut hasher = blake3::Hasher::new();
         let mut received = 0u64;
         let mut deadline = self.deadline();
         while let Some(piece) = self
@@ -504,7 +530,6 @@ impl StoreClient {
                     actual: received,
                 });
             }
-            hasher.update(&piece.data);
             sink(&piece.data).map_err(|source| StoreError::Sink {
                 digest: *digest,
                 source,
@@ -517,24 +542,6 @@ impl StoreClient {
                 actual: received,
             });
         }
-        let actual = B3Digest::from(hasher.finalize());
-        if actual != *digest {
-            return Err(StoreError::BlobDigestMismatch {
-                digest: *digest,
-                actual,
-            });
-        }
         Ok(())
-    }
-
-    /// Fetches a small blob (or chunk) of `size` bytes into memory, verified.
-    pub async fn read_blob_to_memory(&self, digest: &B3Digest, size: u64) -> Result<Bytes> {
-        let mut buffer = BytesMut::with_capacity(usize::try_from(size).unwrap_or(0));
-        self.read_blob(digest, size, |piece| {
-            buffer.extend_from_slice(piece);
-            Ok(())
-        })
-        .await?;
-        Ok(buffer.freeze())
     }
 }

@@ -52,8 +52,10 @@ async fn main() -> Result<()> {
         .into_inner();
     let mut hasher = blake3::Hasher::new();
     let mut received = 0u64;
+    let mut messages = 0u64;
     while let Some(chunk) = stream.message().await.context("BlobService.Read stream")? {
         received += chunk.data.len() as u64;
+        messages += 1;
         if args.verify {
             hasher.update(&chunk.data);
         }
@@ -67,7 +69,7 @@ async fn main() -> Result<()> {
         ensure!(hasher.finalize() == digest, "the blob's BLAKE3 differs");
     }
     println!(
-        "RESULT label={} workload=blob pass=timed threads=1 verified={} ops=1 bytes={received} secs={secs:.6} cpu=0 ops_per_s=0 mb_per_s={:.1}",
+        "RESULT label={} workload=blob pass=timed threads=1 verified={} ops=1 bytes={received} secs={secs:.6} cpu=0 ops_per_s=0 mb_per_s={:.1} messages={messages}",
         args.label,
         args.verify as u8,
         received as f64 / secs / 1e6
