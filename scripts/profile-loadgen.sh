@@ -14,7 +14,10 @@
 #
 # Env:
 #   SIZE_MB=512     the file read
-#   WORKLOAD=seq    the load generator workload (seq, seq1m, rand)
+#   WORKLOAD=seq    the load generator workload (seq, seq1m, rand, meta,
+#                   readdir)
+#   FILES=10000     files of the metadata walk; FLAT=10000 entries of the
+#                   READDIRPLUS directory
 #   STORE=tvix      tvix, snix (the real binary) or fixture
 #   FREQ=1999       samples per second
 #   TOP=30          symbols to print
@@ -43,8 +46,8 @@ bench_workdir
 log "work dir $work"
 tree=$work/tree
 mkdir -p "$tree/big"
-bench_gen_files "$tree/meta" 10
-bench_gen_flat "$tree/flat" 10
+bench_gen_files "$tree/meta" "${FILES:-10000}"
+bench_gen_flat "$tree/flat" "${FLAT:-10000}"
 head -c "$((size_mib * 1048576))" /dev/urandom >"$tree/big/data.bin"
 bench_start_chosen_store "$store_kind" "$tree"
 names=(--name-meta "$(bench_store_path "$store_name" meta)" --name-flat "$(bench_store_path "$store_name" flat)"
