@@ -35,6 +35,14 @@ pub enum MappingKind {
 impl MappingKind {
     pub const ALL: [MappingKind; 2] = [MappingKind::PathInfo, MappingKind::ChunkList];
 
+    /// The `kind` label of a verification failure in the metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            MappingKind::ChunkList => "chunk_list",
+            MappingKind::PathInfo => "path_info",
+        }
+    }
+
     pub fn dir(self) -> &'static str {
         match self {
             MappingKind::PathInfo => "pathinfos",
@@ -124,7 +132,7 @@ impl PrivateMappings {
     fn reject(&self, kind: MappingKind, key: &[u8]) {
         let path = self.path(kind, key);
         tracing::error!(path = %path.display(), "private mapping failed its checksum; removed, will ask the store again");
-        crate::metrics::mapping_rejected(kind);
+        crate::metrics::disk_entry_rejected(kind.label());
         self.stats
             .verification_failures
             .fetch_add(1, Ordering::Relaxed);

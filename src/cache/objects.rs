@@ -48,6 +48,16 @@ impl ObjectKind {
         ObjectKind::Outboard,
     ];
 
+    /// The `kind` label of a verification failure in the metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            ObjectKind::Chunk => "chunk",
+            ObjectKind::Blob => "blob",
+            ObjectKind::Directory => "directory",
+            ObjectKind::Outboard => "outboard",
+        }
+    }
+
     pub fn dir(self) -> &'static str {
         match self {
             ObjectKind::Chunk => "chunks",
@@ -211,7 +221,7 @@ impl SharedObjects {
     pub fn reject(&self, kind: ObjectKind, digest: &B3Digest) {
         let path = self.path(kind, digest);
         tracing::error!(path = %path.display(), "cache object failed verification; removed, will fetch again");
-        crate::metrics::object_rejected(kind);
+        crate::metrics::disk_entry_rejected(kind.label());
         self.stats
             .verification_failures
             .fetch_add(1, Ordering::Relaxed);

@@ -144,25 +144,10 @@ pub fn store_rejected(error: &crate::store::StoreError) {
     global().count_verification_failure("store", kind);
 }
 
-/// Counts a disk cache entry of `kind` that failed verification.
-pub fn object_rejected(kind: crate::cache::objects::ObjectKind) {
-    use crate::cache::objects::ObjectKind;
-    let kind = match kind {
-        ObjectKind::Chunk => "chunk",
-        ObjectKind::Blob => "blob",
-        ObjectKind::Directory => "directory",
-        ObjectKind::Outboard => "outboard",
-    };
-    global().count_verification_failure("disk", kind);
-}
-
-/// Counts a private mapping of the disk cache that failed its checksum.
-pub fn mapping_rejected(kind: crate::cache::mappings::MappingKind) {
-    use crate::cache::mappings::MappingKind;
-    let kind = match kind {
-        MappingKind::ChunkList => "chunk_list",
-        MappingKind::PathInfo => "path_info",
-    };
+/// Counts a disk cache entry (a shared object or a private mapping) that
+/// failed verification; `kind` is the cache's own label for it. The cache
+/// names its kinds, so that this layer depends on nothing above it.
+pub fn disk_entry_rejected(kind: &'static str) {
     global().count_verification_failure("disk", kind);
 }
 

@@ -1,8 +1,8 @@
 //! Checks of the store's PathInfo answers, apart from the call that fetches
 //! them, so that they run without a store (unit tests, fuzzing).
 
-use super::client::StoreError;
 use super::directory::{validate_node, DirEntry};
+use super::error::StoreError;
 use crate::proto::store::PathInfo;
 
 /// The root node of a PathInfo answered for the store path `name`, validated.

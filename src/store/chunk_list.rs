@@ -6,8 +6,15 @@
 
 use crate::proto::castore::stat_blob_response::ChunkMeta;
 
-use super::client::Chunk;
 use super::digest::B3Digest;
+
+/// One piece of a blob as listed by BlobService.Stat, with its offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Chunk {
+    pub digest: B3Digest,
+    pub offset: u64,
+    pub size: u64,
+}
 
 /// Chunks any blob may have, whatever its size.
 pub const BASE_CHUNKS: u64 = 1024;

@@ -8,6 +8,7 @@ pub mod client;
 pub mod deadline;
 pub mod digest;
 pub mod directory;
+pub mod error;
 pub mod nixbase32;
 pub mod protocol;
 pub mod store_path;
