@@ -221,11 +221,7 @@ impl Vmm {
             "indirect table too large"
         );
         let write_desc = |index: u64, addr: u64, len: u32, flags: u16, next: u16| {
-            let mut desc = [0u8; 16];
-            desc[0..8].copy_from_slice(&addr.to_le_bytes());
-            desc[8..12].copy_from_slice(&len.to_le_bytes());
-            desc[12..14].copy_from_slice(&flags.to_le_bytes());
-            desc[14..16].copy_from_slice(&next.to_le_bytes());
+            let desc = descriptor(addr, len, flags, next);
             mem.write_slice(&desc, table.unchecked_add(index * 16))
                 .unwrap();
         };
@@ -240,26 +236,15 @@ impl Vmm {
         // The head descriptor in the ring refers to the table.
         let head = q.next_desc;
         q.next_desc = (q.next_desc + 1) % QUEUE_SIZE;
-        let mut desc = [0u8; 16];
-        desc[0..8].copy_from_slice(&table.0.to_le_bytes());
-        desc[8..12].copy_from_slice(&((entries * 16) as u32).to_le_bytes());
-        desc[12..14].copy_from_slice(&(VRING_DESC_F_INDIRECT as u16).to_le_bytes());
+        let desc = descriptor(
+            table.0,
+            (entries * 16) as u32,
+            VRING_DESC_F_INDIRECT as u16,
+            0,
+        );
         mem.write_slice(&desc, q.desc.unchecked_add(u64::from(head) * 16))
             .unwrap();
-        let slot = u64::from(q.next_avail.0 % QUEUE_SIZE);
-        mem.write_obj(head, q.avail.unchecked_add(4 + 2 * slot))
-            .unwrap();
-        if self.event_idx {
-            let used_event = q.avail.unchecked_add(4 + 2 * u64::from(QUEUE_SIZE));
-            mem.write_obj(q.next_used.0, used_event).unwrap();
-        }
-        q.next_avail += 1;
-        fence(Ordering::SeqCst);
-        mem.store(q.next_avail.0, q.avail.unchecked_add(2), Ordering::Release)
-            .unwrap();
-        fence(Ordering::SeqCst);
-        q.kick.write(1).expect("kick");
-        let (used_head, len) = wait_used(mem, q, timeout);
+        let (used_head, len) = publish_and_wait(mem, q, head, self.event_idx, timeout);
         assert_eq!(used_head, head, "used element is not the chain we sent");
         len
     }
@@ -317,33 +302,12 @@ impl Vmm {
             if next.is_some() {
                 flags |= VRING_DESC_F_NEXT as u16;
             }
-            // struct virtq_desc { le64 addr; le32 len; le16 flags; le16 next; }
-            let mut desc = [0u8; 16];
-            desc[0..8].copy_from_slice(&addr.to_le_bytes());
-            desc[8..12].copy_from_slice(&len.to_le_bytes());
-            desc[12..14].copy_from_slice(&flags.to_le_bytes());
-            desc[14..16].copy_from_slice(&next.unwrap_or(0).to_le_bytes());
+            let desc = descriptor(addr, len, flags, next.unwrap_or(0));
             mem.write_slice(&desc, q.desc.unchecked_add(u64::from(ids[i]) * 16))
                 .unwrap();
         }
 
-        // struct virtq_avail { le16 flags; le16 idx; le16 ring[N]; le16 used_event; }
-        let slot = u64::from(q.next_avail.0 % QUEUE_SIZE);
-        mem.write_obj(ids[0], q.avail.unchecked_add(4 + 2 * slot))
-            .unwrap();
-        if self.event_idx {
-            // Interrupt us as soon as the used index moves past this.
-            let used_event = q.avail.unchecked_add(4 + 2 * u64::from(QUEUE_SIZE));
-            mem.write_obj(q.next_used.0, used_event).unwrap();
-        }
-        q.next_avail += 1;
-        fence(Ordering::SeqCst);
-        mem.store(q.next_avail.0, q.avail.unchecked_add(2), Ordering::Release)
-            .unwrap();
-        fence(Ordering::SeqCst);
-        q.kick.write(1).expect("kick");
-
-        let (head, len) = wait_used(mem, q, timeout);
+        let (head, len) = publish_and_wait(mem, q, ids[0], self.event_idx, timeout);
         let mut written = Vec::new();
         for (addr, len) in writable {
             let mut buf = vec![0u8; len];
@@ -353,6 +317,44 @@ impl Vmm {
         assert_eq!(head, ids[0], "used element is not the chain we sent");
         Used { len, written }
     }
+}
+
+/// One split-ring descriptor:
+/// `struct virtq_desc { le64 addr; le32 len; le16 flags; le16 next; }`.
+fn descriptor(addr: u64, len: u32, flags: u16, next: u16) -> [u8; 16] {
+    let mut desc = [0u8; 16];
+    desc[0..8].copy_from_slice(&addr.to_le_bytes());
+    desc[8..12].copy_from_slice(&len.to_le_bytes());
+    desc[12..14].copy_from_slice(&flags.to_le_bytes());
+    desc[14..16].copy_from_slice(&next.to_le_bytes());
+    desc
+}
+
+/// Makes the chain at `head` available, kicks the device and waits for
+/// the used element (see [`wait_used`]).
+fn publish_and_wait(
+    mem: &GuestMemoryMmap,
+    q: &mut Queue,
+    head: u16,
+    event_idx: bool,
+    timeout: Duration,
+) -> (u16, u32) {
+    // struct virtq_avail { le16 flags; le16 idx; le16 ring[N]; le16 used_event; }
+    let slot = u64::from(q.next_avail.0 % QUEUE_SIZE);
+    mem.write_obj(head, q.avail.unchecked_add(4 + 2 * slot))
+        .unwrap();
+    if event_idx {
+        // Interrupt us as soon as the used index moves past this.
+        let used_event = q.avail.unchecked_add(4 + 2 * u64::from(QUEUE_SIZE));
+        mem.write_obj(q.next_used.0, used_event).unwrap();
+    }
+    q.next_avail += 1;
+    fence(Ordering::SeqCst);
+    mem.store(q.next_avail.0, q.avail.unchecked_add(2), Ordering::Release)
+        .unwrap();
+    fence(Ordering::SeqCst);
+    q.kick.write(1).expect("kick");
+    wait_used(mem, q, timeout)
 }
 
 /// Waits for the call eventfd, then takes the next used element. Panics
