@@ -226,6 +226,22 @@ bench_start_chosen_store() {
   store_addr=grpc+unix://$work/$store_name.sock
 }
 
+# bench_loadgen_tree FILES FLAT SIZE_MIB: the load generator's tree in
+# $work/tree (meta/: FILES small files, flat/: one directory of FLAT
+# entries, big/data.bin: SIZE_MIB MiB), held by the chosen store. Sets tree,
+# store_addr, store_name and names (tvix-loadgen's --name-* arguments).
+# shellcheck disable=SC2034  # used by the callers
+bench_loadgen_tree() {
+  tree=$work/tree
+  mkdir -p "$tree/big"
+  bench_gen_files "$tree/meta" "$1"
+  bench_gen_flat "$tree/flat" "$2"
+  head -c "$(($3 * 1048576))" /dev/urandom >"$tree/big/data.bin"
+  bench_start_chosen_store "$store_kind" "$tree"
+  names=(--name-meta "$(bench_store_path "$store_name" meta)" --name-flat "$(bench_store_path "$store_name" flat)"
+    --name-big "$(bench_store_path "$store_name" big)")
+}
+
 # bench_wait_socket SOCK LOG: waits up to 10 s for a daemon's socket.
 bench_wait_socket() {
   local _

@@ -82,14 +82,7 @@ fi
 bench_workdir
 log "work dir $work"
 
-tree=$work/tree
-mkdir -p "$tree/big"
-bench_gen_files "$tree/meta" "$nfiles"
-bench_gen_flat "$tree/flat" "$nflat"
-head -c "$((size_mib * 1048576))" /dev/urandom >"$tree/big/data.bin"
-bench_start_chosen_store "$store_kind" "$tree"
-names=(--name-meta "$(bench_store_path "$store_name" meta)" --name-flat "$(bench_store_path "$store_name" flat)"
-  --name-big "$(bench_store_path "$store_name" big)")
+bench_loadgen_tree "$nfiles" "$nflat" "$size_mib"
 # virtiofsd's copy, on the same file system as the tree
 cp -a "$tree" "$work/vfs-tree"
 results=$work/results

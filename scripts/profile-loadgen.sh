@@ -44,14 +44,7 @@ daemon_bin=${DAEMON:-$bindir/tvix-virtiofsd}
 bench_store_choice
 bench_workdir
 log "work dir $work"
-tree=$work/tree
-mkdir -p "$tree/big"
-bench_gen_files "$tree/meta" "${FILES:-10000}"
-bench_gen_flat "$tree/flat" "${FLAT:-10000}"
-head -c "$((size_mib * 1048576))" /dev/urandom >"$tree/big/data.bin"
-bench_start_chosen_store "$store_kind" "$tree"
-names=(--name-meta "$(bench_store_path "$store_name" meta)" --name-flat "$(bench_store_path "$store_name" flat)"
-  --name-big "$(bench_store_path "$store_name" big)")
+bench_loadgen_tree "${FILES:-10000}" "${FLAT:-10000}" "$size_mib"
 
 # daemon LABEL [PERF-ARGS... --] ARGS...: starts our daemon on
 # $work/LABEL.sock, under `perf record PERF-ARGS` when given (so threads
