@@ -82,16 +82,18 @@ impl WorkerPool {
             let receiver: Arc<Mutex<Receiver<Job>>> = receiver.clone();
             thread::Builder::new()
                 .name(format!("fs-worker-{i}"))
-                .spawn(move || loop {
+                .spawn(move || {
                     crate::sandbox::restrict_serving_thread();
-                    // The lock is only held while waiting for the next job.
-                    let job = match receiver.lock() {
-                        Ok(r) => r.recv(),
-                        Err(_) => return,
-                    };
-                    match job {
-                        Ok(job) => serve_or_exit("fs-worker", job),
-                        Err(_) => return,
+                    loop {
+                        // The lock is only held while waiting for the next job.
+                        let job = match receiver.lock() {
+                            Ok(r) => r.recv(),
+                            Err(_) => return,
+                        };
+                        match job {
+                            Ok(job) => serve_or_exit("fs-worker", job),
+                            Err(_) => return,
+                        }
                     }
                 })?;
         }

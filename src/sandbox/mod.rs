@@ -159,17 +159,18 @@ std::thread_local! {
 /// Stacks the `request` filter on the calling thread, once per thread: a
 /// thread that serves the guest's requests needs neither the network nor
 /// the VMM's socket (the runtime's threads and the main thread do that).
-/// A no-op before [`enter`] or with `--seccomp=none`. Call at the start of
-/// each serving thread (cheap to call again). Failing to narrow is logged;
-/// the daemon filter still holds.
+/// A no-op before [`enter`] (a later call still installs it) or with
+/// `--seccomp=none`. Call at the start of each serving thread (cheap to
+/// call again). Failing to narrow is logged; the daemon filter still holds.
 pub fn restrict_serving_thread() {
+    let Some(filter) = REQUEST_FILTER.get() else {
+        return;
+    };
     if RESTRICTED.with(|r| r.replace(true)) {
         return;
     }
-    if let Some(filter) = REQUEST_FILTER.get() {
-        if let Err(e) = filter.install_on_this_thread() {
-            tracing::warn!(error = %e, "the request threads' seccomp filter is not installed");
-        }
+    if let Err(e) = filter.install_on_this_thread() {
+        tracing::warn!(error = %e, "the request threads' seccomp filter is not installed");
     }
 }
 
