@@ -1,7 +1,10 @@
 //! The VMM's side of vhost-user: guest memory in a memfd the backend maps
 //! too, one split virtqueue per queue laid out by hand, kick and call
 //! eventfds. Each queue carries one request at a time, so a queue can move
-//! to its own thread and needs no lock.
+//! to its own thread and needs no lock. Like Linux's virtio driver it uses
+//! EVENT_IDX when offered (or honours NO_NOTIFY without it): it kicks only
+//! when the device asked to be kicked, and asks for an interrupt for
+//! every reply.
 
 use std::fs::File;
 use std::num::Wrapping;
@@ -18,7 +21,9 @@ use vhost::vhost_user::{
 };
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_bindings::bindings::virtio_ring::{
+    VIRTIO_RING_F_EVENT_IDX, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY,
+};
 use vm_memory::{Address, Bytes, FileOffset, GuestAddress, GuestMemory, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -43,6 +48,8 @@ pub struct Queue {
     call: EventFd,
     next_avail: Wrapping<u16>,
     next_used: Wrapping<u16>,
+    /// Whether EVENT_IDX was negotiated.
+    event_idx: bool,
     timeout: Duration,
 }
 
@@ -61,8 +68,14 @@ fn host_address(mem: &GuestMemoryMmap, addr: GuestAddress) -> Result<u64> {
 impl Connection {
     /// Negotiates as QEMU does and brings up `1 + request_queues` queues
     /// (the high-priority queue first), or fewer if the backend offers
-    /// fewer. `timeout` bounds every wait for a reply.
-    pub fn connect(socket: &Path, request_queues: usize, timeout: Duration) -> Result<Self> {
+    /// fewer. `timeout` bounds every wait for a reply. EVENT_IDX is taken
+    /// if offered and `event_idx`.
+    pub fn connect(
+        socket: &Path,
+        request_queues: usize,
+        timeout: Duration,
+        event_idx: bool,
+    ) -> Result<Self> {
         let wanted_queues = 1 + request_queues as u64;
         ensure!(
             wanted_queues <= MAX_QUEUES,
@@ -80,6 +93,13 @@ impl Connection {
             offered & features == features,
             "backend offers features {offered:#x}"
         );
+        let event_idx = event_idx && offered & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
+        let features = features
+            | if event_idx {
+                1 << VIRTIO_RING_F_EVENT_IDX
+            } else {
+                0
+            };
         let protocol = frontend
             .get_protocol_features()
             .context("GET_PROTOCOL_FEATURES")?;
@@ -124,6 +144,7 @@ impl Connection {
                 call: EventFd::new(EFD_NONBLOCK)?,
                 next_avail: Wrapping(0),
                 next_used: Wrapping(0),
+                event_idx,
                 timeout,
             };
             // Ring addresses are given in the VMM's own address space.
@@ -208,9 +229,19 @@ impl Queue {
             desc[14..16].copy_from_slice(&next.to_le_bytes());
             mem.write_slice(&desc, self.desc.unchecked_add(i as u64 * 16))?;
         }
-        // struct virtq_avail { le16 flags; le16 idx; le16 ring[N]; }
+        // struct virtq_avail { le16 flags; le16 idx; le16 ring[N]; le16 used_event; }
         let slot = u64::from(self.next_avail.0 % QUEUE_SIZE);
         mem.write_obj(0u16, self.avail.unchecked_add(4 + 2 * slot))?;
+        if self.event_idx {
+            // An interrupt for the next reply, as Linux asks for one when
+            // it waits (virtqueue_enable_cb).
+            mem.store(
+                self.next_used.0,
+                self.avail.unchecked_add(4 + 2 * u64::from(QUEUE_SIZE)),
+                Ordering::Release,
+            )?;
+        }
+        let old = self.next_avail;
         self.next_avail += 1;
         fence(Ordering::SeqCst);
         mem.store(
@@ -219,8 +250,29 @@ impl Queue {
             Ordering::Release,
         )?;
         fence(Ordering::SeqCst);
-        self.kick.write(1).context("kick")?;
+        if self.needs_kick(old)? {
+            self.kick.write(1).context("kick")?;
+        }
         self.wait_used()
+    }
+
+    /// Whether the device wants a kick for the requests after `old`, as
+    /// Linux's virtqueue_kick_prepare decides: with EVENT_IDX, if the
+    /// device's avail_event lies in `old..next_avail`; without, unless the
+    /// device set NO_NOTIFY (it is looking at the ring anyway).
+    fn needs_kick(&self, old: Wrapping<u16>) -> Result<bool> {
+        // struct virtq_used { le16 flags; le16 idx; struct { le32 id; le32 len; } ring[N]; le16 avail_event; }
+        if self.event_idx {
+            let avail_event: u16 = self.mem.load(
+                self.used.unchecked_add(4 + 8 * u64::from(QUEUE_SIZE)),
+                Ordering::Acquire,
+            )?;
+            let new = self.next_avail;
+            Ok(new - Wrapping(avail_event) - Wrapping(1) < new - old)
+        } else {
+            let flags: u16 = self.mem.load(self.used, Ordering::Acquire)?;
+            Ok(flags & VRING_USED_F_NO_NOTIFY as u16 == 0)
+        }
     }
 
     /// Copies reply bytes (from the first writable descriptor on) into `buf`.

@@ -65,6 +65,10 @@ struct Args {
     /// Seconds to wait for any one reply.
     #[arg(long, default_value_t = 60)]
     timeout: u64,
+    /// Leave EVENT_IDX out of the negotiation even if offered (Linux
+    /// takes it; kicks then follow the device's NO_NOTIFY flag).
+    #[arg(long)]
+    no_event_idx: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -122,7 +126,7 @@ fn main() -> Result<()> {
         big: args.name_big.into_bytes(),
     };
     let timeout = Duration::from_secs(args.timeout);
-    let mut conn = Connection::connect(&args.socket, args.threads, timeout)?;
+    let mut conn = Connection::connect(&args.socket, args.threads, timeout, !args.no_event_idx)?;
     let hiprio = Arc::new(Mutex::new(conn.queues.remove(0)));
     let mut sessions: Vec<Session> = conn
         .queues
