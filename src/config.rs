@@ -116,6 +116,13 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub thread_pool_size: usize,
 
+    /// Microseconds a queue thread keeps watching its ring for the guest's
+    /// next request before it sleeps, so that a guest sending requests
+    /// back to back needs no kick. Adaptive: it polls only while requests
+    /// come that close together, never longer than this (0: never poll).
+    #[arg(long, value_name = "US", default_value_t = 64, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub queue_poll_us: u32,
+
     /// After the VMM disconnects, wait for the next connection instead of
     /// exiting.
     #[arg(long)]
@@ -320,6 +327,7 @@ impl Cli {
             num_request_queues: usize::from(self.num_request_queues),
             queue_size: usize::from(self.queue_size),
             thread_pool_size: self.thread_pool_size,
+            queue_poll: Duration::from_micros(u64::from(self.queue_poll_us)),
         }
     }
 }

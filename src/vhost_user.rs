@@ -6,13 +6,15 @@
 use std::io;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use std::mem::size_of;
 
+use crate::queue_poll::PollWindow;
 use crate::request_guard::{note_panic, serve_or_exit, RequestGuard};
 use fuse_backend_rs::abi::fuse_abi::{InHeader, OutHeader};
 use fuse_backend_rs::api::filesystem::FileSystem;
@@ -25,7 +27,7 @@ use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::bindings::virtio_ring::{
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
-use virtio_queue::{DescriptorChain, QueueOwnedT};
+use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 use vm_memory::{
     ByteValued, Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard,
     GuestMemoryMmap,
@@ -64,6 +66,9 @@ pub struct DeviceConfig {
     /// Threads that execute requests besides the queue threads; 0 handles
     /// each request on its queue's own thread.
     pub thread_pool_size: usize,
+    /// The longest a queue thread watches its ring for the next request
+    /// before it sleeps (see [`crate::queue_poll`]); zero: never.
+    pub queue_poll: Duration,
 }
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -106,8 +111,9 @@ struct FsBackend<F: FileSystem + Send + Sync + 'static> {
     server: Arc<FsServer<F>>,
     config: DeviceConfig,
     pool: Option<Arc<WorkerPool>>,
-    event_idx: AtomicBool,
     memory: RwLock<Option<Memory>>,
+    /// One per queue, each used only by that queue's thread.
+    poll_windows: Vec<parking_lot::Mutex<PollWindow>>,
 }
 
 /// Handles one request and returns the number of bytes written to the
@@ -304,9 +310,9 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserBackend for FsBackend<F> {
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
     }
 
-    fn set_event_idx(&self, enabled: bool) {
-        self.event_idx.store(enabled, Ordering::Relaxed);
-    }
+    /// Each vring is told about EVENT_IDX by vhost-user-backend itself,
+    /// and the notification calls follow it there.
+    fn set_event_idx(&self, _enabled: bool) {}
 
     fn update_memory(&self, mem: Memory) -> io::Result<()> {
         *self
@@ -368,29 +374,65 @@ impl<F: FileSystem + Send + Sync + 'static> FsBackend<F> {
         // than a queue ahead) and lasts until it rewrites its ring: log it
         // and wait for the next kick. Returning an error would end this
         // queue's worker thread for good; retrying at once would spin.
-        if self.event_idx.load(Ordering::Relaxed) {
-            // With EVENT_IDX the guest does not kick again for requests that
-            // arrive while we work: drain until the queue stays empty.
-            loop {
-                vring
-                    .disable_notification()
-                    .map_err(|e| io::Error::other(e.to_string()))?;
-                let processed = self.process_queue(vring);
-                let more = vring
-                    .enable_notification()
-                    .map_err(|e| io::Error::other(e.to_string()))?;
-                if let Err(e) = processed {
-                    tracing::warn!(queue = thread_id, error = %e, "malformed queue; waiting for the next kick");
-                    break;
-                }
-                if !more {
-                    break;
-                }
+        let mut poll = self.poll_windows.get(thread_id).map(|w| w.lock());
+        if let Some(w) = poll.as_mut() {
+            w.woken(Instant::now());
+        }
+        // Notifications stay off while we work and while we watch the ring
+        // for more: the guest does not kick for requests that arrive then,
+        // so drain until the queue stays empty.
+        loop {
+            vring
+                .disable_notification()
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            let processed = self.process_queue(vring);
+            let window = poll.as_ref().map_or(Duration::ZERO, |w| w.window());
+            if processed.is_ok() && !window.is_zero() && self.request_within(vring, window) {
+                continue;
             }
-        } else if let Err(e) = self.process_queue(vring) {
-            tracing::warn!(queue = thread_id, error = %e, "malformed queue; waiting for the next kick");
+            let more = vring
+                .enable_notification()
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            if let Err(e) = processed {
+                tracing::warn!(queue = thread_id, error = %e, "malformed queue; waiting for the next kick");
+                break;
+            }
+            if !more {
+                break;
+            }
+        }
+        if let Some(w) = poll.as_mut() {
+            w.sleeping(Instant::now());
         }
         Ok(())
+    }
+
+    /// Watches `vring` for up to `window` and says whether the guest made a
+    /// request available meanwhile.
+    fn request_within(&self, vring: &Vring, window: Duration) -> bool {
+        let Some(memory) = self.memory.read().ok().and_then(|m| m.clone()) else {
+            return false;
+        };
+        let mem = memory.memory();
+        let deadline = Instant::now() + window;
+        loop {
+            {
+                let state = vring.get_ref();
+                let queue = state.get_queue();
+                if !queue.ready() {
+                    return false;
+                }
+                match queue.avail_idx(&*mem, Ordering::Acquire) {
+                    Ok(idx) if idx.0 != queue.next_avail() => return true,
+                    Ok(_) => {}
+                    Err(_) => return false,
+                }
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::hint::spin_loop();
+        }
     }
 }
 
@@ -449,8 +491,10 @@ impl<F: FileSystem + Send + Sync + 'static> VhostUserServer<F> {
             server: self.server.clone(),
             config: self.config,
             pool: self.pool.clone(),
-            event_idx: AtomicBool::new(false),
             memory: RwLock::new(None),
+            poll_windows: (0..HIPRIO_QUEUES + self.config.num_request_queues)
+                .map(|_| parking_lot::Mutex::new(PollWindow::new(self.config.queue_poll)))
+                .collect(),
         });
         let memory = GuestMemoryAtomic::new(GuestMemoryMmap::new());
         let mut daemon = VhostUserDaemon::new("tvix-virtiofsd".into(), backend, memory)

@@ -108,6 +108,7 @@ fn serving_process() {
         num_request_queues: 1,
         queue_size: 1024,
         thread_pool_size,
+        queue_poll: Duration::from_micros(32),
     };
     let listener = UnixListener::bind(&path).expect("binding the socket");
     let mut server = VhostUserServer::from_listener(fs, config, listener).expect("serving");

@@ -105,6 +105,8 @@ let
       (toString inst.queueSize)
       "--thread-pool-size"
       (toString inst.threadPoolSize)
+      "--queue-poll-us"
+      (toString inst.queuePollUs)
     ]
     ++ optional inst.listRoot "--list-root"
     ++ optional (inst.persistent && !inst.socketActivation) "--persistent"

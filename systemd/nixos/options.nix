@@ -131,6 +131,15 @@ let
           example = 4;
           description = "Extra threads per queue (`--thread-pool-size`; 0: in order).";
         };
+        queuePollUs = mkOption {
+          type = types.ints.between 0 100000;
+          default = 64;
+          example = 0;
+          description = ''
+            Longest a queue thread watches its ring for the guest's next
+            request before it sleeps (`--queue-poll-us`, adaptive; 0: never).
+          '';
+        };
         socketActivation = mkOption {
           type = types.bool;
           default = false;

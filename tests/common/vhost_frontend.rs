@@ -74,6 +74,12 @@ pub struct Vmm {
     mem: GuestMemoryMmap,
     queues: Vec<Queue>,
     event_idx: bool,
+    /// `None`: every request is kicked at once. Otherwise requests are
+    /// made available without a kick, as to a device that said it polls,
+    /// and kicked only if no reply came within this long.
+    pub kick_after: Option<Duration>,
+    /// How many requests needed that late kick.
+    pub late_kicks: u32,
 }
 
 fn host_address(mem: &GuestMemoryMmap, addr: GuestAddress) -> u64 {
@@ -168,6 +174,8 @@ impl Vmm {
             mem,
             queues,
             event_idx,
+            kick_after: None,
+            late_kicks: 0,
         }
     }
 
@@ -244,7 +252,11 @@ impl Vmm {
         );
         mem.write_slice(&desc, q.desc.unchecked_add(u64::from(head) * 16))
             .unwrap();
-        let (used_head, len) = publish_and_wait(mem, q, head, self.event_idx, timeout);
+        let kicks = Kicks {
+            after: self.kick_after,
+            late: &mut self.late_kicks,
+        };
+        let (used_head, len) = publish_and_wait(mem, q, head, self.event_idx, kicks, timeout);
         assert_eq!(used_head, head, "used element is not the chain we sent");
         len
     }
@@ -307,7 +319,11 @@ impl Vmm {
                 .unwrap();
         }
 
-        let (head, len) = publish_and_wait(mem, q, ids[0], self.event_idx, timeout);
+        let kicks = Kicks {
+            after: self.kick_after,
+            late: &mut self.late_kicks,
+        };
+        let (head, len) = publish_and_wait(mem, q, ids[0], self.event_idx, kicks, timeout);
         let mut written = Vec::new();
         for (addr, len) in writable {
             let mut buf = vec![0u8; len];
@@ -330,13 +346,21 @@ fn descriptor(addr: u64, len: u32, flags: u16, next: u16) -> [u8; 16] {
     desc
 }
 
-/// Makes the chain at `head` available, kicks the device and waits for
-/// the used element (see [`wait_used`]).
+/// When to kick, and the count of late kicks (see [`Vmm::kick_after`]).
+struct Kicks<'a> {
+    after: Option<Duration>,
+    late: &'a mut u32,
+}
+
+/// Makes the chain at `head` available, kicks the device (at once, or
+/// late if it did not answer by itself) and waits for the used element
+/// (see [`wait_used`]).
 fn publish_and_wait(
     mem: &GuestMemoryMmap,
     q: &mut Queue,
     head: u16,
     event_idx: bool,
+    kicks: Kicks,
     timeout: Duration,
 ) -> (u16, u32) {
     // struct virtq_avail { le16 flags; le16 idx; le16 ring[N]; le16 used_event; }
@@ -353,16 +377,39 @@ fn publish_and_wait(
     mem.store(q.next_avail.0, q.avail.unchecked_add(2), Ordering::Release)
         .unwrap();
     fence(Ordering::SeqCst);
-    q.kick.write(1).expect("kick");
-    wait_used(mem, q, timeout)
+    let mut late_kick = match kicks.after {
+        None => {
+            q.kick.write(1).expect("kick");
+            None
+        }
+        Some(after) => Some(Instant::now() + after),
+    };
+    let used = wait_used(mem, q, timeout, &mut late_kick);
+    if late_kick.is_none() && kicks.after.is_some() {
+        *kicks.late += 1;
+    }
+    used
 }
 
-/// Waits for the call eventfd, then takes the next used element. Panics
-/// after `timeout`, saying whether the device used the chain at all.
-fn wait_used(mem: &GuestMemoryMmap, q: &mut Queue, timeout: Duration) -> (u16, u32) {
+/// Waits for the call eventfd, then takes the next used element; kicks
+/// once `late_kick` has passed without one (and clears it). Panics after
+/// `timeout`, saying whether the device used the chain at all.
+fn wait_used(
+    mem: &GuestMemoryMmap,
+    q: &mut Queue,
+    timeout: Duration,
+    late_kick: &mut Option<Instant>,
+) -> (u16, u32) {
     let deadline = Instant::now() + timeout;
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
+        if let Some(at) = *late_kick {
+            if Instant::now() >= at {
+                q.kick.write(1).expect("kick");
+                *late_kick = None;
+            }
+        }
+        let until = late_kick.map_or(deadline, |at| at.min(deadline));
+        let left = until.saturating_duration_since(Instant::now());
         let mut pollfd = libc::pollfd {
             fd: q.call.as_raw_fd(),
             events: libc::POLLIN,

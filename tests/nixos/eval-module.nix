@@ -60,6 +60,7 @@ let
       numRequestQueues = 2;
       queueSize = 256;
       threadPoolSize = 3;
+      queuePollUs = 0;
       persistent = false;
       socketGroup = "kvm";
       socketPath = "/var/lib/microvms/vm2/store.sock";
@@ -233,6 +234,8 @@ let
         "1024"
         "--thread-pool-size"
         "0"
+        "--queue-poll-us"
+        "64"
         "--persistent"
         "--log-level"
         "info"
@@ -284,6 +287,8 @@ let
         "256"
         "--thread-pool-size"
         "3"
+        "--queue-poll-us"
+        "0"
         "--list-root"
         "--metrics-listen"
         "/run/tvix-virtiofsd/vm2/metrics.sock"
