@@ -18,6 +18,8 @@
 #   REPS=3          repetitions; in each, every row once (rows interleaved)
 #   ROWS=           the rows to run, in this order (default: all, as below);
 #                   the report needs virtiofsd and, for the factor, ours-cold
+#   OURS_ARGS=      more flags for our daemon in every ours-* row (e.g.
+#                   "--queue-poll-us 0")
 #   DELAY_MS=5      delay each way of the proxy in front of the store for
 #                   the ours-10ms row (5: 10 ms per round trip)
 #   TVIX_STORE_BIN= the real tvix-store (default: PATH, then
@@ -59,6 +61,7 @@ SECTION="## Boot from the store: Debian 12 with systemd to multi-user.target"
 DOC=docs/benchmarks.md
 
 bench_args "$@"
+read -r -a ours_args <<<"${OURS_ARGS:-}"
 [ "$(id -u)" = 0 ] || die "needs root (QEMU, the rootfs build)"
 
 t_script=$(date +%s)
@@ -126,7 +129,7 @@ boot() {
       [ "$row" != ours-warm ] || [ "$rep" = fill ] || cache=$work/ours-warm.fill.cache
       mkdir -p "$cache"
       "$bindir/tvix-virtiofsd" --socket-path "$sock" --store "$addr" --cache-dir "$cache" \
-        --instance boot --stats-file "$id.stats" 2>"$id.daemon.log" & ;;
+        --instance boot --stats-file "$id.stats" "${ours_args[@]}" 2>"$id.daemon.log" & ;;
     tvix-virtiofs)
       "$tvix_bin" --otlp=false virtiofs "$sock" --blob-service-addr "grpc+unix://$store_sock" \
         --directory-service-addr "grpc+unix://$store_sock" \
