@@ -132,6 +132,29 @@ fn a_dripping_store_gives_eio_within_its_bound_while_lookups_are_answered() {
 }
 
 #[test]
+fn a_store_flooding_empty_messages_gives_eio_within_its_bound() {
+    let fixture = adversarial_store();
+    let mut daemon = mount(&fixture, &[]);
+    // Empty messages earn no time: the bound is --store-timeout plus 1000
+    // bytes at the minimum rate, with slack for a loaded machine.
+    let bound = STORE_TIMEOUT + Duration::from_secs(3);
+    let started = Instant::now();
+    let r = read_within(
+        daemon.path(&fixture.store_path("adv-empty-flood")),
+        Duration::from_secs(30),
+    );
+    let took = started.elapsed();
+    assert_eq!(errno_of(&r), Some(libc::EIO), "{:?}", r.map(|d| d.len()));
+    assert!(took < bound, "the read took {took:?}, bound {bound:?}");
+    assert!(
+        daemon.log().contains("slower than the minimum rate"),
+        "the log does not say why:\n{}",
+        daemon.log()
+    );
+    assert_serving(&mut daemon, &fixture);
+}
+
+#[test]
 fn endless_streams_huge_symlinks_bad_chunk_lists_and_self_referring_directories_are_refused() {
     let fixture = adversarial_store();
     let mut daemon = mount(&fixture, &[]);

@@ -122,25 +122,37 @@ impl StoreClient {
     }
 
     /// Awaits `fut` for at most the configured timeout and at most until
-    /// the whole call's `deadline`.
+    /// the whole call's `deadline`. A message already received is taken
+    /// without arming a timer (a blob arrives in thousands of small
+    /// messages, mostly buffered already); the deadline is then checked
+    /// every few messages instead, so a store flooding empty messages still
+    /// runs out of time.
     async fn bounded_within<T>(
         &self,
         call: &'static str,
         subject: &(dyn std::fmt::Display + Sync),
-        deadline: &CallDeadline,
+        deadline: &mut CallDeadline,
         fut: impl Future<Output = Result<T, tonic::Status>>,
     ) -> Result<T> {
+        let too_slow = |deadline: &CallDeadline| StoreError::TooSlow {
+            call,
+            subject: subject.to_string(),
+            received: deadline.received(),
+            elapsed: deadline.elapsed(),
+        };
+        let mut fut = std::pin::pin!(fut);
+        if let std::task::Poll::Ready(answer) = futures::poll!(fut.as_mut()) {
+            if deadline.overdue() {
+                return Err(too_slow(deadline));
+            }
+            return self.answer(call, subject, answer);
+        }
         let per_message = tokio::time::Instant::now() + self.timeout;
         if deadline.at() < per_message {
             if let Ok(answer) = tokio::time::timeout_at(deadline.at(), fut).await {
                 return self.answer(call, subject, answer);
             }
-            return Err(StoreError::TooSlow {
-                call,
-                subject: subject.to_string(),
-                received: deadline.received(),
-                elapsed: deadline.elapsed(),
-            });
+            return Err(too_slow(deadline));
         }
         self.bounded(call, subject, fut).await
     }
@@ -229,7 +241,7 @@ impl StoreClient {
             .bounded_within(
                 "PathInfoService.List",
                 &subject,
-                &deadline,
+                &mut deadline,
                 stream.message(),
             )
             .await?
@@ -291,7 +303,7 @@ impl StoreClient {
             .into_inner();
         let mut deadline = self.deadline();
         let first = self
-            .bounded_within(call, digest, &deadline, stream.message())
+            .bounded_within(call, digest, &mut deadline, stream.message())
             .await
             .map_err(not_found)?
             .ok_or(StoreError::DirectoryNotFound { digest: *digest })?;
@@ -311,7 +323,7 @@ impl StoreClient {
         let mut out = vec![(root, Bytes::from(first.encode_to_vec()))];
         while out.len() < limit && bytes < MAX_PREFETCH_BYTES {
             let next = match self
-                .bounded_within(call, digest, &deadline, stream.message())
+                .bounded_within(call, digest, &mut deadline, stream.message())
                 .await
             {
                 Ok(Some(next)) => next,
@@ -418,7 +430,7 @@ impl StoreClient {
         let mut received = 0u64;
         let mut deadline = self.deadline();
         while let Some(piece) = self
-            .bounded_within(call, digest, &deadline, stream.message())
+            .bounded_within(call, digest, &mut deadline, stream.message())
             .await
             .map_err(not_found)?
         {

@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+/// Messages taken at once between two reads of the clock.
+const CLOCK_EVERY: u32 = 64;
+
 /// The bound of one call, moved on by every byte that arrives.
 #[derive(Debug)]
 pub struct CallDeadline {
@@ -17,6 +20,8 @@ pub struct CallDeadline {
     /// Bytes per second the store must at least deliver.
     min_rate: u64,
     received: u64,
+    /// Messages taken without a timer since the clock was last read.
+    unclocked: u32,
 }
 
 impl CallDeadline {
@@ -26,6 +31,7 @@ impl CallDeadline {
             timeout,
             min_rate: min_rate.max(1),
             received: 0,
+            unclocked: 0,
         }
     }
 
@@ -38,6 +44,18 @@ impl CallDeadline {
     pub fn at(&self) -> Instant {
         let earned = Duration::from_secs_f64(self.received as f64 / self.min_rate as f64);
         self.start + self.timeout.saturating_add(earned)
+    }
+
+    /// Whether the call is past its bound, for a message that was ready at
+    /// once. The clock is read for every 64th such message only: reading
+    /// it costs more than taking a buffered message.
+    pub fn overdue(&mut self) -> bool {
+        self.unclocked += 1;
+        if self.unclocked < CLOCK_EVERY {
+            return false;
+        }
+        self.unclocked = 0;
+        Instant::now() >= self.at()
     }
 
     /// The longest a call expecting `bytes` bytes can last.
@@ -71,5 +89,18 @@ mod tests {
             CallDeadline::bound_for(Duration::from_secs(2), 1000, 3000),
             Duration::from_secs(5)
         );
+    }
+
+    #[test]
+    fn messages_taken_at_once_still_run_out_of_time() {
+        let mut d = CallDeadline::start(Duration::from_secs(100), 1000);
+        for _ in 0..10 * CLOCK_EVERY {
+            assert!(!d.overdue());
+        }
+        // Over at once: found out within CLOCK_EVERY messages, by one
+        // read of the clock.
+        let mut d = CallDeadline::start(Duration::ZERO, u64::MAX);
+        let overdue: Vec<u32> = (1..=2 * CLOCK_EVERY).filter(|_| d.overdue()).collect();
+        assert_eq!(overdue, [CLOCK_EVERY, 2 * CLOCK_EVERY]);
     }
 }

@@ -6,6 +6,8 @@
 //!   three sizes (only `a`'s is right);
 //! - `drip`: a 20-byte file whose Read sends one byte per drip interval;
 //! - `endless`: a 1000-byte file whose Read never ends;
+//! - `empty-flood`: a 1000-byte file whose Read sends empty messages, as
+//!   fast as it can, for ever;
 //! - `huge-symlink`: a symlink with a 1 MiB target;
 //! - `bad-chunks`: a file whose chunk list does not add up to its size;
 //! - `many-chunks`: a 1 MiB file listed as 262,144 chunks of 4 bytes;
@@ -32,6 +34,8 @@ pub struct Adversarial {
     pub drip_interval: Duration,
     /// Blobs whose Read never ends.
     pub endless: HashSet<Digest>,
+    /// Blobs whose Read sends nothing but empty messages, for ever.
+    pub empty_flood: HashSet<Digest>,
     /// Directories answered with another Directory than their own.
     pub directory_aliases: HashMap<Digest, Directory>,
 }
@@ -128,6 +132,15 @@ pub fn add(imported: &mut Imported, drip_interval: Duration) -> Adversarial {
         node::Node::File(FileNode {
             name,
             ..file("", &endless, 1000)
+        })
+    });
+
+    let flood = blob_of(imported, vec![9; 1000], Vec::new());
+    out.empty_flood.insert(flood);
+    add_path(imported, "empty-flood", |name| {
+        node::Node::File(FileNode {
+            name,
+            ..file("", &flood, 1000)
         })
     });
 

@@ -165,12 +165,17 @@ impl BlobService for Blobs {
             None => return Err(blob_not_found(&digest)),
         };
         let adversarial = &self.0.misbehaviour.adversarial;
-        if adversarial.drip.contains(&digest) || adversarial.endless.contains(&digest) {
-            return Ok(Response::new(misbehaving_read(
-                &source,
-                adversarial.drip.contains(&digest),
-                adversarial.drip_interval,
-            )));
+        let misbehaving = if adversarial.drip.contains(&digest) {
+            Some(BadRead::Drip(adversarial.drip_interval))
+        } else if adversarial.endless.contains(&digest) {
+            Some(BadRead::Endless)
+        } else if adversarial.empty_flood.contains(&digest) {
+            Some(BadRead::EmptyFlood)
+        } else {
+            None
+        };
+        if let Some(how) = misbehaving {
+            return Ok(Response::new(misbehaving_read(&source, how)));
         }
         let corrupt = self.0.misbehaviour.corrupt_blobs.contains(&digest);
         if corrupt {
@@ -212,12 +217,20 @@ impl BlobService for Blobs {
     }
 }
 
-/// `--adversarial` reads: the blob one byte per `interval` (`drip`), or
-/// pieces of it for ever. Ends when the client goes away.
+/// How an `--adversarial` Read misbehaves.
+enum BadRead {
+    /// The blob one byte per interval.
+    Drip(Duration),
+    /// Pieces of the blob, for ever.
+    Endless,
+    /// Empty messages, for ever.
+    EmptyFlood,
+}
+
+/// An `--adversarial` read. Ends when the client goes away.
 fn misbehaving_read(
     source: &BlobSource,
-    drip: bool,
-    interval: Duration,
+    how: BadRead,
 ) -> ReceiverStream<Result<BlobChunk, Status>> {
     let data = match source {
         BlobSource::Memory(data) => data.clone(),
@@ -225,23 +238,30 @@ fn misbehaving_read(
     };
     let (tx, rx) = mpsc::channel(4);
     tokio::spawn(async move {
-        if drip {
-            info!(interval = ?interval, "misbehaving: Read drips one byte at a time");
-            for i in 0..data.len() {
-                tokio::time::sleep(interval).await;
-                if tx
-                    .send(Ok(BlobChunk {
-                        data: data.slice(i..i + 1),
-                    }))
-                    .await
-                    .is_err()
-                {
-                    return;
+        match how {
+            BadRead::Drip(interval) => {
+                info!(interval = ?interval, "misbehaving: Read drips one byte at a time");
+                for i in 0..data.len() {
+                    tokio::time::sleep(interval).await;
+                    if tx
+                        .send(Ok(BlobChunk {
+                            data: data.slice(i..i + 1),
+                        }))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
                 }
             }
-        } else {
-            info!("misbehaving: Read never ends");
-            while tx.send(Ok(BlobChunk { data: data.clone() })).await.is_ok() {}
+            BadRead::Endless => {
+                info!("misbehaving: Read never ends");
+                while tx.send(Ok(BlobChunk { data: data.clone() })).await.is_ok() {}
+            }
+            BadRead::EmptyFlood => {
+                info!("misbehaving: Read sends empty messages for ever");
+                while tx.send(Ok(BlobChunk { data: Bytes::new() })).await.is_ok() {}
+            }
         }
     });
     ReceiverStream::new(rx)
