@@ -258,26 +258,24 @@ impl CachedStore {
             .get(ObjectKind::Chunk, &chunk.digest, Some(chunk.size))
     }
 
-    /// Fetches a chunk from the store, verified, and writes it (and its
-    /// outboard) to disk behind the reader's back.
+    /// Fetches a chunk from the store, verified, and writes it to disk
+    /// behind the reader's back. Its outboard is not written: only a
+    /// random read of part of the chunk from disk needs one, and that read
+    /// writes it the first time (one file per fetch instead of two, for
+    /// the many chunks that are only ever read whole).
     async fn fetch_from_store(&self, chunk: &Chunk) -> Result<Bytes, StoreError> {
         self.stats.store_requests.fetch_add(1, Ordering::Relaxed);
         self.stats.fetches_in_flight.fetch_add(1, Ordering::Relaxed);
         let result = self.receive_chunk(chunk).await;
         self.stats.fetches_in_flight.fetch_sub(1, Ordering::Relaxed);
         match result {
-            Ok((data, outboard)) => {
+            Ok(data) => {
                 self.stats
                     .store_bytes_fetched
                     .fetch_add(data.len() as u64, Ordering::Relaxed);
                 if let Some(objects) = self.objects.clone() {
                     let (digest, written) = (chunk.digest, data.clone());
-                    self.write_behind(move || {
-                        objects.put(ObjectKind::Chunk, &digest, &written);
-                        if let Some(outboard) = outboard {
-                            objects.put(ObjectKind::Outboard, &digest, &outboard);
-                        }
-                    });
+                    self.write_behind(move || objects.put(ObjectKind::Chunk, &digest, &written));
                 }
                 Ok(data)
             }
@@ -288,10 +286,10 @@ impl CachedStore {
         }
     }
 
-    /// A chunk from the store into (recycled) memory, with its outboard,
-    /// verified: each 16 KiB group is hashed as it arrives and the root of
-    /// their tree compared with the digest, one hashing pass for both.
-    async fn receive_chunk(&self, chunk: &Chunk) -> Result<(Bytes, Option<Vec<u8>>), StoreError> {
+    /// A chunk from the store into (recycled) memory, verified: each
+    /// 16 KiB group is hashed as it arrives, while still in the CPU's
+    /// cache, and the root of their tree compared with the digest.
+    async fn receive_chunk(&self, chunk: &Chunk) -> Result<Bytes, StoreError> {
         let mut buf = buffers::take(usize::try_from(chunk.size).unwrap_or(0));
         let mut groups = outboard::GroupHasher::default();
         let by_group = chunk.size > outboard::GROUP;
@@ -304,14 +302,14 @@ impl CachedStore {
                 Ok(())
             })
             .await?;
-        let (actual, outboard) = groups.finish(&buf);
+        let (actual, _outboard) = groups.finish(&buf);
         if actual != chunk.digest {
             return Err(StoreError::BlobDigestMismatch {
                 digest: chunk.digest,
                 actual,
             });
         }
-        Ok((buffers::freeze(buf), outboard))
+        Ok(buffers::freeze(buf))
     }
 }
 
