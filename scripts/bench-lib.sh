@@ -35,10 +35,12 @@ bench_build() {
   done
 }
 
-# bench_readahead: our daemon's default --readahead-chunks (from --help).
-bench_readahead() {
-  "$bindir/tvix-virtiofsd" --help | awk '/--readahead-chunks/ { f = 1 } f && /\[default:/ { gsub(/[^0-9]/, ""); print; exit }'
+# bench_default FLAG: our daemon's default of --FLAG (a number, from --help).
+bench_default() {
+  "$bindir/tvix-virtiofsd" --help | awk -v flag="--$1" '$1 == flag { f = 1 } f && /\[default:/ { gsub(/.*\[default: |\].*/, ""); print; exit }'
 }
+# bench_readahead: our daemon's default --readahead-chunks.
+bench_readahead() { bench_default readahead-chunks; }
 
 # bench_virtiofsd: the reference daemon (VIRTIOFSD=, then PATH, then
 # ~/.cargo/bin; installed with cargo if missing); sets vfs_bin, vfs_version.

@@ -26,6 +26,8 @@
 #   STORE=tvix      the store of the cold rows: tvix (default) or snix, the
 #                   real binary (see scripts/bench-lib.sh bench_real_bin);
 #                   with --smoke, the fixture store when there is none
+#   OURS_ARGS=      more flags for our daemon in every ours-* row (e.g.
+#                   "--queue-poll-us 0")
 #   MEMORY_CACHE=   our --memory-cache-size in the memory rows (default
 #                   SIZE_MB + 512 MiB: the whole tree in memory)
 #   VIRTIOFSD=      path of virtiofsd (default: PATH, then ~/.cargo/bin;
@@ -61,6 +63,7 @@ else
   rand_reads=${RAND_READS:-20000} reps=${REPS:-3} profile=${PROFILE:-release}
 fi
 threads=${THREADS:-1}
+read -r -a ours_args <<<"${OURS_ARGS:-}"
 for v in "$nfiles" "$nflat" "$size_mib" "$rand_reads" "$reps" "$threads"; do
   [[ $v =~ ^[1-9][0-9]*$ ]] || die "FILES, FLAT, SIZE_MB, RAND_READS, REPS and THREADS must be positive integers: $v"
 done
@@ -99,7 +102,7 @@ run_ours() {
   shift
   rm -f "$sock"
   "$bindir/tvix-virtiofsd" --socket-path "$sock" --store "$store_addr" --store-protocol "${store_kind/fixture/tvix}" \
-    --num-request-queues "$threads" "$@" 2>>"$work/$label.log" &
+    --num-request-queues "$threads" "${ours_args[@]}" "$@" 2>>"$work/$label.log" &
   pid=$!
   pids+=("$pid")
   bench_wait_socket "$sock" "$work/$label.log"
@@ -207,7 +210,7 @@ report=$work/report.md
   echo "- Machine: $cpu, $(nproc) CPUs shared with other work, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) RAM; Linux $(uname -r)"
   echo "- Tree: $nfiles files of 0-2 KiB in directories of 100 (meta), one directory of $nflat entries (flat), data.bin of $size_mib MiB (random); store: $(bench_store_label)"
   echo "- One core of this host, measured in the same run (\`tvix-copy-hash-rate\`): memcpy $(rate memcpy_gb_s) GB/s, BLAKE3 in 16 KiB groups $(rate blake3_gb_s) GB/s, a read from the page cache into a buffer $(rate page_cache_read_gb_s) GB/s"
-  echo "- $threads request queue(s), one load generator thread each, one request in flight per queue; $reps repetitions, medians; our daemon ($profile build) with its defaults (seccomp, Landlock, --readahead-chunks $(bench_readahead)) and --num-request-queues $threads"
+  echo "- $threads request queue(s), one load generator thread each, one request in flight per queue; $reps repetitions, medians; our daemon ($profile build) with its defaults (seccomp, Landlock, --readahead-chunks $(bench_readahead), --queue-poll-us $(bench_default queue-poll-us)) and --num-request-queues $threads${OURS_ARGS:+ $OURS_ARGS}"
   if [ "$baseline" = virtiofsd ]; then
     echo "- Baseline: virtiofsd $vfs_version (\`--cache auto --sandbox chroot\`, seccomp on) on a local copy of the tree in the host page cache"
   else
