@@ -147,6 +147,27 @@ run_plain() {
     >>"$results" 2>>"$work/plain.log" || { cat "$work/plain.log" >&2; die "tvix-blob-stream failed"; }
 }
 
+# store_ticks: the store process's CPU so far (utime + stime, clock ticks).
+store_ticks() {
+  local st
+  local -a f
+  st=$(cat "/proc/$store_pid/stat") || die "the store (pid $store_pid) is gone"
+  st=${st##*) }
+  read -r -a f <<<"$st"
+  echo $((f[11] + f[12]))
+}
+# with_store_cpu LABEL CMD...: runs CMD and appends the store's CPU during
+# it, in clock ticks, to $store_cpu as "LABEL TICKS".
+store_cpu=$work/store-cpu
+: >"$store_cpu"
+with_store_cpu() {
+  local label=$1 before
+  shift
+  before=$(store_ticks)
+  "$@"
+  echo "$label $(($(store_ticks) - before))" >>"$store_cpu"
+}
+
 # ---- the run ----------------------------------------------------------------------------
 log "filling the disk cache (untimed)"
 run_ours fill "$workloads" --verify all -- --cache-dir "$work/cache" --instance bench
@@ -157,9 +178,13 @@ for rep in $(seq "$reps"); do
   run_ours ours-disk "$workloads" -- --cache-dir "$work/cache" --instance bench --memory-cache-size 64M
   for w in meta readdir seq rand; do
     rm -rf "$work/cold-cache"
-    run_ours ours-cold "$w" -- --cache-dir "$work/cold-cache"
+    if [ "$w" = seq ]; then
+      with_store_cpu ours-cold run_ours ours-cold "$w" -- --cache-dir "$work/cold-cache"
+    else
+      run_ours ours-cold "$w" -- --cache-dir "$work/cold-cache"
+    fi
   done
-  run_plain
+  with_store_cpu plain run_plain
   if [ "$baseline" = virtiofsd ]; then
     run_virtiofsd
   else
@@ -216,6 +241,13 @@ report=$work/report.md
   else
     echo "- Baseline: our daemon with \`--thread-pool-size 2\` from memory (virtiofsd not installed)"
   fi
+  tick=$(getconf CLK_TCK)
+  store_s_per_gb() {
+    local -a v
+    mapfile -t v < <(awk -v l="$1" -v t="$tick" -v b="$((size_mib * 1048576))" '$1 == l { print $2 / t / (b / 1e9) }' "$store_cpu")
+    median_fmt %.2f "${v[@]}"
+  }
+  echo "- The store's own CPU per GB of data.bin streamed (its /proc/PID/stat around each read, medians): $(store_s_per_gb plain) s for the plain client, $(store_s_per_gb ours-cold) s for ours cold; the store, our daemon and the load generator share the host's $(nproc) CPUs"
   echo
   echo "| workload | figure | ours-mem / $baseline | ours-disk / $baseline | ours-cold / $baseline | ours-cold / plain client |"
   echo "| --- | --- | --- | --- | --- | --- |"
