@@ -274,24 +274,30 @@ bench_drop_host_caches() {
 #   cpu= (utime+stime, clock ticks) s.<counter>= (the daemon's --stats-file)
 #   th.<thread name>@<tid>= (ticks per thread). Fails when the process is gone.
 bench_snapshot() {
-  local pid=$1 label=$2 stats=${3:-} st t name out
-  local -a f
-  st=$(cat "/proc/$pid/stat" 2>/dev/null) || return 1
-  st=${st##*) }
-  read -r -a f <<<"$st"
+  local pid=$1 label=$2 stats=${3:-} t name ticks out
+  ticks=$(bench_stat_ticks "/proc/$pid/stat") || return 1
   out="label=$label $(awk '/^VmHWM:/ { h = $2 } /^VmRSS:/ { r = $2 } /^RssAnon:/ { a = $2 } /^RssShmem:/ { s = $2 }
-    END { printf "hwm=%s rss=%s anon=%s shm=%s", h, r, a, s }' "/proc/$pid/status" 2>/dev/null) cpu=$((f[11] + f[12]))"
+    END { printf "hwm=%s rss=%s anon=%s shm=%s", h, r, a, s }' "/proc/$pid/status" 2>/dev/null) cpu=$ticks"
   if [ -n "$stats" ] && [ -r "$stats" ]; then
     out+=" $(awk 'NF == 2 { printf "s.%s=%s ", $1, $2 }' "$stats")"
   fi
   for t in /proc/"$pid"/task/*; do
     name=$(cat "$t/comm" 2>/dev/null) || continue
-    st=$(cat "$t/stat" 2>/dev/null) || continue
-    st=${st##*) }
-    read -r -a f <<<"$st"
-    out+=" th.${name// /_}@${t##*/}=$((f[11] + f[12]))"
+    ticks=$(bench_stat_ticks "$t/stat") || continue
+    out+=" th.${name// /_}@${t##*/}=$ticks"
   done
   echo "$out"
+}
+
+# bench_stat_ticks STATFILE: utime + stime (clock ticks) of a process or
+# thread from its /proc stat file; fails when it is gone.
+bench_stat_ticks() {
+  local st
+  local -a f
+  st=$(cat "$1" 2>/dev/null) || return 1
+  st=${st##*) }
+  read -r -a f <<<"$st"
+  echo $((f[11] + f[12]))
 }
 
 # The guest and the host talk over a third serial port of the guest (ttyS2),

@@ -149,12 +149,7 @@ run_plain() {
 
 # store_ticks: the store process's CPU so far (utime + stime, clock ticks).
 store_ticks() {
-  local st
-  local -a f
-  st=$(cat "/proc/$store_pid/stat") || die "the store (pid $store_pid) is gone"
-  st=${st##*) }
-  read -r -a f <<<"$st"
-  echo $((f[11] + f[12]))
+  bench_stat_ticks "/proc/$store_pid/stat" || die "the store (pid $store_pid) is gone"
 }
 # with_store_cpu LABEL CMD...: runs CMD and appends the store's CPU during
 # it, in clock ticks, to $store_cpu as "LABEL TICKS".
