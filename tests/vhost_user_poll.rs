@@ -62,33 +62,36 @@ fn cpu_ticks(pid: u32) -> u64 {
 /// Requests 2 ms apart, which the drain after each reply never sees.
 const PAUSE: Duration = Duration::from_millis(2);
 
+/// A daemon polling up to `poll_us`: 30 kicked requests at [`PAUSE`] (every
+/// wake-up then comes soon after the thread slept, so a window that can
+/// grow doubles until it spans the pause), then 20 at the same pace made
+/// available without a kick, kicked only after `kick_after`. Returns how
+/// many of those 20 needed that late kick.
+fn late_kicks_of_paced_requests(poll_us: &str, kick_after: Duration) -> u32 {
+    let fixture = Fixture::start(&sample_tree(), &[]);
+    let (_daemon, mut guest) = start(&fixture, &["--queue-poll-us", poll_us]);
+    getattr_root_paced(&mut guest, 30, PAUSE);
+    guest.vmm.kick_after = Some(kick_after);
+    getattr_root_paced(&mut guest, 20, PAUSE);
+    guest.vmm.late_kicks
+}
+
 #[test]
 fn requests_in_quick_succession_are_answered_without_a_kick() {
-    let fixture = Fixture::start(&sample_tree(), &[]);
     // A bound far above the pause, so that the window can grow past it.
-    let (_daemon, mut guest) = start(&fixture, &["--queue-poll-us", "100000"]);
-    // Kicked requests at this pace: every wake-up comes soon after the
-    // thread slept, so its window doubles until it spans the pause.
-    getattr_root_paced(&mut guest, 30, PAUSE);
-    guest.vmm.kick_after = Some(Duration::from_secs(1));
-    getattr_root_paced(&mut guest, 20, PAUSE);
+    let late = late_kicks_of_paced_requests("100000", Duration::from_secs(1));
     // A loaded host may oversleep a pause now and then (the window then
     // grows further); most requests must have been found by polling.
     assert!(
-        guest.vmm.late_kicks <= 4,
-        "{} of 20 requests made available without a kick waited for one",
-        guest.vmm.late_kicks
+        late <= 4,
+        "{late} of 20 requests made available without a kick waited for one"
     );
 }
 
 #[test]
 fn without_polling_a_request_waits_for_its_kick() {
-    let fixture = Fixture::start(&sample_tree(), &[]);
-    let (_daemon, mut guest) = start(&fixture, &["--queue-poll-us", "0"]);
-    getattr_root_paced(&mut guest, 30, PAUSE);
-    guest.vmm.kick_after = Some(Duration::from_millis(100));
-    getattr_root_paced(&mut guest, 20, PAUSE);
-    assert_eq!(guest.vmm.late_kicks, 20, "a request was answered unkicked");
+    let late = late_kicks_of_paced_requests("0", Duration::from_millis(100));
+    assert_eq!(late, 20, "a request was answered unkicked");
 }
 
 #[test]
