@@ -1,26 +1,67 @@
-//! A process's CPU time (all threads, user + system) from /proc/PID/stat.
+//! A process's CPU time, user and system, of all its threads (those that
+//! ended included), in nanoseconds: its CPU-time clock. /proc/PID/stat
+//! counts in clock ticks of 10 ms, as long as a whole pass of the faster
+//! workloads.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Result};
 
 /// Seconds of CPU `pid` has used so far.
 pub fn seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("reading /proc/{pid}/stat"))?;
-    // The command name may hold spaces and parentheses: fields start
-    // after the last ')'. utime and stime are fields 14 and 15.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .context("malformed stat")?
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = fields
-        .get(11..13)
-        .context("short stat")?
-        .iter()
-        .map(|f| f.parse::<u64>())
-        .sum::<Result<u64, _>>()?;
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
-    Ok(ticks as f64 / hz as f64)
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        bail!("pid {pid} out of range");
+    };
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: `clock` is a valid place for the call to write the id to.
+    let rc = unsafe { libc::clock_getcpuclockid(pid, &mut clock) };
+    if rc != 0 {
+        bail!(
+            "no CPU-time clock for process {pid}: {}",
+            std::io::Error::from_raw_os_error(rc)
+        );
+    }
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec for the call to fill.
+    if unsafe { libc::clock_gettime(clock, &mut now) } != 0 {
+        bail!(
+            "reading the CPU-time clock of process {pid}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(now.tv_sec as f64 + now.tv_nsec as f64 * 1e-9)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_a_busy_thread_that_has_ended_in_nanoseconds() {
+        let pid = std::process::id();
+        let before = seconds(pid).unwrap();
+        std::thread::spawn(|| {
+            let start = std::time::Instant::now();
+            let mut x = 0u64;
+            while start.elapsed() < std::time::Duration::from_millis(30) {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        })
+        .join()
+        .unwrap();
+        let used = seconds(pid).unwrap() - before;
+        assert!(
+            (0.025..1.0).contains(&used),
+            "a 30 ms spin counted {used} s"
+        );
+    }
+
+    #[test]
+    fn a_process_that_is_gone_is_an_error() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert!(seconds(pid).is_err());
+    }
 }

@@ -169,7 +169,7 @@ fn main() -> Result<()> {
             };
             let (c, secs, cpu) = pass(*workload, &mut sessions, &job, args.daemon_pid)?;
             println!(
-                "RESULT label={} workload={} pass={} threads={threads} verified={} ops={} bytes={} secs={secs:.6} cpu={cpu:.3} ops_per_s={:.0} mb_per_s={:.1}",
+                "RESULT label={} workload={} pass={} threads={threads} verified={} ops={} bytes={} secs={secs:.6} cpu={cpu:.4} ops_per_s={:.0} mb_per_s={:.1}",
                 args.label,
                 format!("{workload:?}").to_lowercase(),
                 if timed { "timed" } else { "warm" },
