@@ -94,6 +94,7 @@ fn main() -> anyhow::Result<()> {
         tracing::info!(dir = %disk.root().display(), bound = cli.disk_cache_size, "disk cache");
     }
     let cache_stats = store.stats().clone();
+    let cache = store.clone();
     metrics::global().watch_cache(store.clone());
     let fs = Arc::new(StoreFs::new(fs_config, store));
     let stats = Arc::new(StatsReporter::start(
@@ -135,6 +136,7 @@ fn main() -> anyhow::Result<()> {
                 mount.unmount()?;
                 tracing::info!("unmounted");
             }
+            cache.finish_writes();
             stats.finish();
             metrics_file.finish();
             return Ok(());
@@ -157,12 +159,14 @@ fn main() -> anyhow::Result<()> {
         cli.socket_path.clone(),
         notify.clone(),
         stats.clone(),
+        cache.clone(),
     ));
     loop {
         server.serve_one()?;
         tracing::info!("VMM disconnected");
         if !cli.persistent {
             notify.stopping("VMM disconnected; exiting");
+            cache.finish_writes();
             stats.finish();
             metrics_file.finish();
             return Ok(());
@@ -194,6 +198,7 @@ async fn stop_on_termination(
     socket: Option<std::path::PathBuf>,
     notify: Arc<Notifier>,
     stats: Arc<StatsReporter>,
+    cache: Arc<CachedStore>,
 ) {
     if let Err(e) = wait_for_termination().await {
         tracing::error!(error = %e, "SIGTERM will not stop the daemon cleanly");
@@ -206,6 +211,8 @@ async fn stop_on_termination(
             tracing::warn!(socket = %path.display(), error = %e, "could not remove the socket");
         }
     }
+    // On a runtime thread, which the writes do not need.
+    cache.finish_writes();
     stats.finish();
     std::process::exit(0);
 }

@@ -15,7 +15,8 @@
 //! - `reader`: the read policy (partial reads through outboards, repair of
 //!   missing outboards, whole blobs checked group by group on every read,
 //!   read-ahead distances);
-//! - `readahead`: the thread that reads ahead from disk.
+//! - `readahead`: the thread that reads ahead from disk;
+//! - `write_behind`: the thread that writes to disk, with a bounded queue.
 //!
 //! With the store down, everything cached keeps being served.
 
@@ -32,6 +33,7 @@ mod readahead;
 mod reader;
 mod source;
 pub mod stats;
+mod write_behind;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -55,6 +57,7 @@ use readahead::DiskReadahead;
 pub use reader::MAX_IN_MEMORY_BLOB;
 pub use source::{BlobSlot, ContentSource, OpenBlob, ReadError};
 pub use stats::{Stats, StatsReporter};
+use write_behind::WriteBehind;
 
 /// How much to keep where.
 #[derive(Clone, Debug)]
@@ -167,6 +170,9 @@ pub struct CachedStore {
     /// Started on first use; `None` without a disk cache or if the thread
     /// could not be started.
     disk_readahead: OnceLock<Option<DiskReadahead>>,
+    /// The disk writer; `None` without a disk cache or if its thread could
+    /// not be started (writes then go through the runtime's blocking pool).
+    writer: Option<WriteBehind>,
     /// Open blobs by digest and size, so concurrent readers of a large
     /// unchunked file fetch it once.
     blob_slots: Mutex<HashMap<(B3Digest, u64), std::sync::Weak<BlobSlot>>>,
@@ -231,6 +237,11 @@ impl CachedStore {
             }
             None => (None, None),
         };
+        let writer = objects.as_ref().and_then(|_| {
+            WriteBehind::start(stats.clone())
+                .inspect_err(|e| tracing::warn!(error = %e, "no disk writer thread"))
+                .ok()
+        });
         let m = config.memory_bytes;
         // Chunks take the bulk; metadata is small and hot.
         let (dirs, lists, infos) = (m / 8, m / 16, m / 16);
@@ -243,6 +254,7 @@ impl CachedStore {
             readahead: Arc::new(Semaphore::new(config.readahead_chunks.max(1) * 2)),
             in_flight: Mutex::new(HashMap::new()),
             disk_readahead: OnceLock::new(),
+            writer,
             blob_slots: Mutex::new(HashMap::new()),
             client,
             runtime,
@@ -302,14 +314,25 @@ impl CachedStore {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Writes to the disk cache behind the reader's back: a write may have
-    /// to evict, and no read waits for that. Handed over from a runtime
-    /// thread: the blocking pool starts its threads from the caller's, and
-    /// one started from a serving thread would inherit that thread's
-    /// narrower seccomp filter (and lack the network for DNS).
+    /// Writes to the disk cache behind the reader's back (see
+    /// [`write_behind`]). Without the writer thread, handed to the
+    /// blocking pool from a runtime thread: the pool starts its threads
+    /// from the caller's, and one started from a serving thread would
+    /// inherit that thread's narrower seccomp filter.
     fn write_behind(&self, write: impl FnOnce() + Send + 'static) {
-        drop(self.runtime.spawn(async move {
-            drop(tokio::task::spawn_blocking(write));
-        }));
+        match &self.writer {
+            Some(writer) => writer.submit(write),
+            None => drop(self.runtime.spawn(async move {
+                drop(tokio::task::spawn_blocking(write));
+            })),
+        }
+    }
+
+    /// Waits until the writes queued so far are on disk: called on the way
+    /// out, so that what this run fetched is there for the next.
+    pub fn finish_writes(&self) {
+        if let Some(writer) = &self.writer {
+            writer.flush();
+        }
     }
 }

@@ -37,6 +37,7 @@ counters! {
     disk_bytes_written: "Bytes this daemon added to the disk cache.",
     disk_bytes: "Gauge: bytes in the disk cache at the last scan.",
     disk_evictions: "Files this daemon evicted from the disk cache.",
+    disk_writes_dropped: "Writes to the disk cache dropped because the writer was too far behind (the data was still served).",
     disk_junk_removed: "Files in the disk cache that no daemon writes (unknown names, not regular, too long), removed by a scan.",
     disk_lock_busy: "Evictions skipped because another process held the cache lock past the bounded wait.",
     store_path_info_calls: "PathInfoService.Get calls.",
@@ -171,7 +172,7 @@ mod tests {
         let text = s.render();
         assert!(text.contains("disk_hits 3\n"));
         assert!(text.contains("fetches_in_flight 0\n"));
-        assert_eq!(text.lines().count(), 20);
+        assert_eq!(text.lines().count(), 21);
     }
 
     #[test]

@@ -143,6 +143,14 @@ impl Collector for CacheCollector {
         )?;
         write(
             &mut encoder,
+            "cache_disk_writes_dropped",
+            "Writes to the disk cache dropped because the writer was too far behind (the data \
+             was still served).",
+            None,
+            &[(None, Counter(read(&stats.disk_writes_dropped)))],
+        )?;
+        write(
+            &mut encoder,
             "cache_disk_range_reads",
             "Parts of chunks read from disk and verified through their outboard.",
             None,
