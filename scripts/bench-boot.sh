@@ -113,7 +113,7 @@ if [[ " ${rows[*]} " == *"-10ms "* ]]; then
 fi
 
 # ---- one boot ---------------------------------------------------------------------------
-# results: "<row> <rep> <multiuser s> <switch s> <wall s> <store calls> <bytes> <disk hits>"
+# results: "<row> <rep> <multiuser s> <switch s> <wall s> <store calls> <bytes> <disk hits> <prefetched files>"
 results=$work/results
 : >"$results"
 boots=0
@@ -176,13 +176,14 @@ boot() {
   failed=$(sed -n 's/^FAILED //p' "$id.out")
   [[ $mu =~ ^[0-9.]+$ ]] && [[ $sw =~ ^[0-9.]+$ ]] || die "$row rep $rep: no MULTIUSER/SWITCH uptime in $id.out"
   [ "$failed" = 0 ] || die "$row rep $rep: failed units in the guest: ${failed:-no FAILED line}"
-  local calls=- bytes=- hits=-
+  local calls=- bytes=- hits=- prefetched=-
   if [ -r "$id.stats" ]; then
     calls=$(awk '$1 == "store_requests" { print $2 }' "$id.stats")
     bytes=$(awk '$1 == "store_bytes_fetched" { print $2 }' "$id.stats")
     hits=$(awk '$1 == "disk_hits" { print $2 }' "$id.stats")
+    prefetched=$(awk '$1 == "prefetched_files" { print $2 }' "$id.stats")
   fi
-  line="$row $rep $mu $sw $(awk -v a="$t_start" -v b="$t_end" 'BEGIN { printf "%.1f", b - a }') $calls $bytes $hits"
+  line="$row $rep $mu $sw $(awk -v a="$t_start" -v b="$t_end" 'BEGIN { printf "%.1f", b - a }') $calls $bytes $hits ${prefetched:--}"
   echo "$line" >>"$results"
   read -r -a f <<<"$line"
   log "  multi-user.target at ${f[2]} s (systemd from ${f[3]} s), QEMU ran ${f[4]} s; store calls $calls, bytes $bytes, disk hits $hits"
@@ -266,7 +267,6 @@ delay_extra=$(join <(awk '$1 == "ours-10ms" && $2 != "fill" { print $2, $3 }' "$
   sort -n | awk '{ printf "%.2f\n", $2 - $3 }')
 # shellcheck disable=SC2086  # one number per word
 delay_med=$(median2 $delay_extra)
-delay_bound=$(awk -v n="$(med ours-10ms 6 %.0f)" -v d="$delay_ms" 'BEGIN { printf "%.1f", n * 2 * d / 1000 }')
 n_keep=$(find "$tree/debian-rootfs" -name .keep | wc -l)
 range() { col "$1" 3 | sort -g | awk 'NR == 1 { a = $1 } { b = $1 } END { printf "%s–%s s", a, b }'; }
 
@@ -324,9 +324,9 @@ report() {
   echo "What bounds each figure:"
   echo
   echo "- Every row: the guest kernel and systemd run in emulated code on 2 host CPUs that also run the daemons and the store: the kernel alone takes about $(med virtiofsd 4 %.1f) s to the initramfs's hand-over here, and systemd's own start-up (units, dbus, journald under TCG) is most of the rest. What the file system adds shows in the difference to the virtiofsd row."
-  echo "- Ours cold: one boot fetches $cold_mib MiB in $cold_calls store calls (the root's path info, then Directories in few recursive calls, then per file read a chunk list and its chunks). Most calls are made when the guest first opens a file, one after another in the order systemd and the programs it starts open them; every one then verifies and writes what it fetched to the disk cache."
+  echo "- Ours cold: one boot fetches $cold_mib MiB in $cold_calls store calls: the root's path info, then Directories in few recursive calls, then $(med ours-cold 9 %.0f) small files that the prefetch of the store path fetches in the background (\`--prefetch-bytes\`, default 64M: the files of up to 256 KiB, breadth first, 8 at a time), and the chunk lists and chunks of the larger files the guest opens. The guest's own calls are made when it first opens a file, one after another in the order systemd and the programs it starts open them. Every fetch is verified and written to the disk cache."
   # shellcheck disable=SC2086  # one number per word
-  echo "- Ours behind $((2 * delay_ms)) ms: per repetition it took $(join_list $delay_extra) s longer than cold on loopback (median $delay_med s). If each of its $(med ours-10ms 6 %.0f) store calls were one round trip that the guest waits for, one after another, that would be $delay_bound s: the bound of this row is calls × round trip (the bytes, $cold_mib MiB, are not), and read-ahead and the recursive Directory fetches keep the calls few. Differences smaller than the spread between repetitions (below) are noise."
+  echo "- Ours behind $((2 * delay_ms)) ms: per repetition it took $(join_list $delay_extra) s longer than cold on loopback (median $delay_med s). What the guest waits for is the round trips of the files it opens before their prefetch has fetched them, one after another, and those of the larger files' chunk lists and chunks; the bytes ($cold_mib MiB) are not the bound. Differences smaller than the spread between repetitions (below) are noise."
   echo "- Ours warm: no store calls when the disk cache holds everything (calls column); every chunk read back is hashed again before it is served (the price of sharing the cache between daemons), and each first open of a file is a guest exit and a daemon round trip, as for virtiofsd."
   local six=""
   if [ -n "$(col tvix-virtiofs 3)" ] && [ -n "$(col virtiofsd 3)" ]; then

@@ -174,6 +174,12 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 32)]
     pub readahead_chunks: usize,
 
+    /// Bytes of small files (up to 256 KiB each) fetched ahead, in the
+    /// background, from a store path the first time it is looked up:
+    /// breadth first, skipping what is cached (suffixes K, M, G; 0: off).
+    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
+    pub prefetch_bytes: u64,
+
     /// Directory for large blobs the store does not chunk, when there is no
     /// --cache-dir (they are fetched whole, verified, then read from
     /// there). Default: $TMPDIR.
@@ -287,6 +293,7 @@ impl Cli {
             negative_ttl: seconds(self.negative_timeout, "negative-timeout")?,
             readahead_chunks: self.readahead_chunks,
             spool_dir: self.spool_dir.clone(),
+            prefetch_bytes: self.prefetch_bytes,
         })
     }
 

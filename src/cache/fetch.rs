@@ -221,7 +221,7 @@ impl CachedStore {
     /// The one store fetch of `chunk`: joined if already running, else
     /// started. Callers with a disk cache have looked there first
     /// ([`Self::claim_disk_read`], or [`Self::prefetch`]'s check).
-    fn chunk_fetch(self: &Arc<Self>, chunk: &Chunk) -> ChunkFuture {
+    pub(super) fn chunk_fetch(self: &Arc<Self>, chunk: &Chunk) -> ChunkFuture {
         let mut in_flight = self.in_flight.lock();
         if let Some(running) = in_flight.get(&chunk.digest) {
             self.stats
@@ -275,7 +275,9 @@ impl CachedStore {
                     .fetch_add(data.len() as u64, Ordering::Relaxed);
                 if let Some(objects) = self.objects.clone() {
                     let (digest, written) = (chunk.digest, data.clone());
-                    self.write_behind(move || objects.put(ObjectKind::Chunk, &digest, &written));
+                    self.write_behind(written.len(), move || {
+                        objects.put(ObjectKind::Chunk, &digest, &written)
+                    });
                 }
                 Ok(data)
             }

@@ -51,6 +51,7 @@ impl CachedStore {
         {
             self.path_infos
                 .insert(hash, PathInfoEntry::Found(found.clone()));
+            self.start_tree_prefetch(&found.node);
             return Ok(Some(found));
         }
         self.stats
@@ -60,10 +61,11 @@ impl CachedStore {
             Some(found) => {
                 if let Some(mappings) = self.mappings.clone() {
                     let entry = found.clone();
-                    self.write_behind(move || mappings.put_path_info(&hash, &entry));
+                    self.write_behind(0, move || mappings.put_path_info(&hash, &entry));
                 }
                 self.path_infos
                     .insert(hash, PathInfoEntry::Found(found.clone()));
+                self.start_tree_prefetch(&found.node);
                 Ok(Some(found))
             }
             None => {
@@ -132,7 +134,8 @@ impl CachedStore {
             }
         }
         if let Some(objects) = self.objects.clone() {
-            self.write_behind(move || {
+            let held = encodings.iter().map(|(_, e)| e.len()).sum();
+            self.write_behind(held, move || {
                 for (digest, encoding) in encodings {
                     objects.put(ObjectKind::Directory, &digest, &encoding);
                 }
@@ -175,7 +178,7 @@ impl CachedStore {
                 let list = self.call(self.client.blob_chunks(digest, size))?;
                 if let Some(mappings) = self.mappings.clone() {
                     let (digest, list) = (*digest, list.clone());
-                    self.write_behind(move || mappings.put_chunk_list(&digest, &list));
+                    self.write_behind(0, move || mappings.put_chunk_list(&digest, &list));
                 }
                 list
             }

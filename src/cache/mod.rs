@@ -16,6 +16,8 @@
 //!   missing outboards, whole blobs checked group by group on every read,
 //!   read-ahead distances);
 //! - `readahead`: the thread that reads ahead from disk;
+//! - `tree_prefetch`: the thread that fetches a store path's small files
+//!   ahead when it is first looked up;
 //! - `write_behind`: the thread that writes to disk, with a bounded queue.
 //!
 //! With the store down, everything cached keeps being served.
@@ -33,9 +35,10 @@ mod readahead;
 mod reader;
 mod source;
 pub mod stats;
+mod tree_prefetch;
 mod write_behind;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
@@ -57,6 +60,7 @@ use readahead::DiskReadahead;
 pub use reader::MAX_IN_MEMORY_BLOB;
 pub use source::{BlobSlot, ContentSource, OpenBlob, ReadError};
 pub use stats::{Stats, StatsReporter};
+use tree_prefetch::TreePrefetch;
 use write_behind::WriteBehind;
 
 /// How much to keep where.
@@ -76,6 +80,9 @@ pub struct CacheConfig {
     pub readahead_chunks: usize,
     /// Where large unchunked blobs are spooled without a disk cache.
     pub spool_dir: Option<PathBuf>,
+    /// Bytes of small files fetched ahead per store path when it is first
+    /// looked up (0: none).
+    pub prefetch_bytes: u64,
 }
 
 impl Default for CacheConfig {
@@ -88,6 +95,7 @@ impl Default for CacheConfig {
             negative_ttl: Duration::from_secs(1),
             readahead_chunks: 32,
             spool_dir: None,
+            prefetch_bytes: 0,
         }
     }
 }
@@ -173,6 +181,10 @@ pub struct CachedStore {
     /// The disk writer; `None` without a disk cache or if its thread could
     /// not be started (writes then go through the runtime's blocking pool).
     writer: Option<WriteBehind>,
+    /// Started on the first store path looked up with prefetching on.
+    tree_prefetch: OnceLock<Option<TreePrefetch>>,
+    /// Roots of the store paths prefetched (or being prefetched).
+    prefetched_roots: Mutex<HashSet<B3Digest>>,
     /// Open blobs by digest and size, so concurrent readers of a large
     /// unchunked file fetch it once.
     blob_slots: Mutex<HashMap<(B3Digest, u64), std::sync::Weak<BlobSlot>>>,
@@ -255,6 +267,8 @@ impl CachedStore {
             in_flight: Mutex::new(HashMap::new()),
             disk_readahead: OnceLock::new(),
             writer,
+            tree_prefetch: OnceLock::new(),
+            prefetched_roots: Mutex::new(HashSet::new()),
             blob_slots: Mutex::new(HashMap::new()),
             client,
             runtime,
@@ -319,9 +333,10 @@ impl CachedStore {
     /// blocking pool from a runtime thread: the pool starts its threads
     /// from the caller's, and one started from a serving thread would
     /// inherit that thread's narrower seccomp filter.
-    fn write_behind(&self, write: impl FnOnce() + Send + 'static) {
+    /// `held` is the bytes of data `write` keeps alive until it is done.
+    fn write_behind(&self, held: usize, write: impl FnOnce() + Send + 'static) {
         match &self.writer {
-            Some(writer) => writer.submit(write),
+            Some(writer) => writer.submit(held, write),
             None => drop(self.runtime.spawn(async move {
                 drop(tokio::task::spawn_blocking(write));
             })),

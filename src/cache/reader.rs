@@ -34,7 +34,7 @@ use crate::store::{B3Digest, Chunk, DirEntry, Directory, StoreError};
 pub const MAX_IN_MEMORY_BLOB: u64 = super::eviction::MAX_CHUNK_BYTES;
 /// Blobs up to this size are read whole without asking for their chunks
 /// (one chunk of a content-defined chunker is about this large anyway).
-const SMALL_BLOB: u64 = 256 << 10;
+pub(super) const SMALL_BLOB: u64 = 256 << 10;
 /// How many chunks past a sequential read are read ahead from the disk
 /// cache: enough to keep the read-ahead thread busy while the guest works.
 const DISK_READAHEAD: usize = 8;
@@ -158,7 +158,9 @@ impl CachedStore {
         let leaves = outboard::verified_leaves(digest, size, &outboard)?;
         if let Some(objects) = self.objects.clone() {
             let digest = *digest;
-            self.write_behind(move || objects.put(ObjectKind::Outboard, &digest, &outboard));
+            self.write_behind(outboard.len(), move || {
+                objects.put(ObjectKind::Outboard, &digest, &outboard)
+            });
         }
         Some(leaves)
     }
@@ -202,7 +204,7 @@ impl CachedStore {
         match self.objects.clone() {
             Some(objects) => {
                 let digest = *digest;
-                self.write_behind(move || {
+                self.write_behind(outboard.len(), move || {
                     objects.put(ObjectKind::Outboard, &digest, &outboard);
                     if let Err(e) = objects.publish_file(ObjectKind::Blob, &digest, temp) {
                         tracing::warn!(blob = %digest, error = %e, "keeping a fetched blob in the disk cache failed");
@@ -361,7 +363,9 @@ impl CachedStore {
     fn write_outboard(&self, chunk: &Chunk, data: &[u8]) {
         if let (Some(objects), Some(outboard)) = (self.objects.clone(), outboard::compute(data)) {
             let digest = chunk.digest;
-            self.write_behind(move || objects.put(ObjectKind::Outboard, &digest, &outboard));
+            self.write_behind(outboard.len(), move || {
+                objects.put(ObjectKind::Outboard, &digest, &outboard)
+            });
         }
     }
 }

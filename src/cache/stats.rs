@@ -49,6 +49,7 @@ counters! {
     fetches_in_flight: "Gauge: chunk fetches running now.",
     singleflight_joins: "Chunk requests that joined a fetch already running.",
     readahead_chunks: "Chunks fetched ahead of sequential readers.",
+    prefetched_files: "Small files fetched ahead when their store path was first looked up (--prefetch-bytes).",
 }
 
 /// Counts what a memory cache evicts into [`Stats::memory_evictions`];
@@ -172,7 +173,7 @@ mod tests {
         let text = s.render();
         assert!(text.contains("disk_hits 3\n"));
         assert!(text.contains("fetches_in_flight 0\n"));
-        assert_eq!(text.lines().count(), 21);
+        assert_eq!(text.lines().count(), 22);
     }
 
     #[test]

@@ -4,26 +4,30 @@
 //! One thread, fed by a bounded queue: one wake-up per write when it is
 //! idle and none while it is busy, where handing each write to the async
 //! runtime and from there to its blocking pool cost two. Writes were one
-//! at a time anyway (each holds the eviction lock). The bound keeps memory
-//! bounded when the disk is slower than the store: a write that finds the
-//! queue full is dropped and counted, and its data is only not cached on
-//! disk (it is served from memory and, later, from the store again).
+//! at a time anyway (each holds the eviction lock). The bound, on the
+//! bytes the waiting writes hold and on their number, keeps memory bounded
+//! when the disk is slower than the store: a write that finds the queue
+//! full is dropped and counted, and its data is only not cached on disk
+//! (it is served from memory and, later, from the store again). Bursts of
+//! many small writes (a store path's small files prefetched) fit.
 //!
 //! The thread is started by [`WriteBehind::start`] on the thread that opens
 //! the cache, after the sandbox is entered and before any serving thread
 //! exists: a thread started from a serving thread would inherit its
 //! narrower seccomp filter, which has no file creation.
 
-use std::sync::atomic::Ordering;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 use std::sync::Arc;
 use std::thread;
 
 use super::stats::Stats;
 
-/// Writes waiting for the thread. Each holds at most one chunk, a chunk
-/// list or a path info, so this bounds their memory at that many chunks.
-pub const QUEUE: usize = 128;
+/// Bytes the writes waiting for the thread may hold (their data).
+pub const QUEUE_BYTES: u64 = 64 << 20;
+/// Writes that may wait for the thread (each costs a little besides its
+/// data).
+pub const QUEUE_WRITES: u64 = 16384;
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -34,7 +38,10 @@ enum Message {
 }
 
 pub struct WriteBehind {
-    queue: SyncSender<Message>,
+    queue: Sender<Message>,
+    /// What the queued writes hold: bytes, and how many there are.
+    queued_bytes: Arc<AtomicU64>,
+    queued_writes: Arc<AtomicU64>,
     stats: Arc<Stats>,
 }
 
@@ -42,37 +49,55 @@ impl WriteBehind {
     /// Starts the writer thread; it ends when this is dropped and the
     /// queue is empty.
     pub fn start(stats: Arc<Stats>) -> std::io::Result<Self> {
-        let (queue, jobs) = sync_channel(QUEUE);
+        let (queue, jobs) = channel();
         thread::Builder::new()
             .name("disk-writer".into())
             .spawn(move || run(&jobs))?;
-        Ok(Self { queue, stats })
+        Ok(Self {
+            queue,
+            queued_bytes: Arc::default(),
+            queued_writes: Arc::default(),
+            stats,
+        })
     }
 
-    /// Queues `write`, or drops it (counted in `disk_writes_dropped`) if
-    /// the queue is full or the thread is gone.
-    pub fn submit(&self, write: impl FnOnce() + Send + 'static) {
-        match self.queue.try_send(Message::Write(Box::new(write))) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                let dropped = self
-                    .stats
-                    .disk_writes_dropped
-                    .fetch_add(1, Ordering::Relaxed);
-                if dropped.is_power_of_two() {
-                    tracing::warn!(
-                        dropped = dropped + 1,
-                        queue = QUEUE,
-                        "the disk cache's writer is behind; writes dropped (the data stays in \
-                         memory and the store)"
-                    );
-                }
+    /// Queues `write`, which holds `bytes` of data until it is done, or
+    /// drops it (counted in `disk_writes_dropped`) if the queue is full or
+    /// the thread is gone.
+    pub fn submit(&self, bytes: usize, write: impl FnOnce() + Send + 'static) {
+        let bytes = bytes as u64;
+        let taken_bytes = self.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        let taken_writes = self.queued_writes.fetch_add(1, Ordering::Relaxed);
+        let (queued_bytes, queued_writes) = (self.queued_bytes.clone(), self.queued_writes.clone());
+        let release = move || {
+            queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            queued_writes.fetch_sub(1, Ordering::Relaxed);
+        };
+        if taken_bytes + bytes > QUEUE_BYTES || taken_writes >= QUEUE_WRITES {
+            release();
+            let dropped = self
+                .stats
+                .disk_writes_dropped
+                .fetch_add(1, Ordering::Relaxed);
+            if dropped.is_power_of_two() {
+                tracing::warn!(
+                    dropped = dropped + 1,
+                    queued_bytes = taken_bytes,
+                    queued_writes = taken_writes,
+                    "the disk cache's writer is behind; writes dropped (the data stays in memory \
+                     and the store)"
+                );
             }
-            Err(TrySendError::Disconnected(_)) => {
-                self.stats
-                    .disk_writes_dropped
-                    .fetch_add(1, Ordering::Relaxed);
-            }
+            return;
+        }
+        let job = move || {
+            write();
+            release();
+        };
+        if self.queue.send(Message::Write(Box::new(job))).is_err() {
+            self.stats
+                .disk_writes_dropped
+                .fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -100,6 +125,7 @@ fn run(jobs: &Receiver<Message>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicUsize;
     use std::sync::Mutex;
 
     #[test]
@@ -109,35 +135,67 @@ mod tests {
         let done = Arc::new(Mutex::new(Vec::new()));
         for i in 0..50 {
             let done = done.clone();
-            writer.submit(move || done.lock().unwrap().push(i));
+            writer.submit(1000, move || done.lock().unwrap().push(i));
         }
         writer.flush();
         assert_eq!(*done.lock().unwrap(), (0..50).collect::<Vec<_>>());
         assert_eq!(stats.disk_writes_dropped.load(Ordering::Relaxed), 0);
+        assert_eq!(writer.queued_bytes.load(Ordering::Relaxed), 0);
+        assert_eq!(writer.queued_writes.load(Ordering::Relaxed), 0);
     }
 
-    #[test]
-    fn a_full_queue_drops_and_counts_instead_of_growing() {
-        let stats = Arc::new(Stats::default());
-        let writer = WriteBehind::start(stats.clone()).unwrap();
-        // Hold the thread in the first write until the queue has overflowed.
+    /// Holds the writer thread in a write until the returned sender is
+    /// used; the held write counts as one queued write of no bytes.
+    fn hold(writer: &WriteBehind) -> SyncSender<()> {
         let (release, held) = sync_channel::<()>(0);
         let (started, wait_started) = sync_channel::<()>(0);
-        writer.submit(move || {
+        writer.submit(0, move || {
             started.send(()).unwrap();
             held.recv().unwrap();
         });
         wait_started.recv().unwrap();
-        let ran = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        for _ in 0..QUEUE + 10 {
+        release
+    }
+
+    /// Submits `n` writes of `bytes` each; returns how many of them ran
+    /// (counted once the writer is released and flushed) and the counter.
+    fn submit_counted(writer: &WriteBehind, n: u64, bytes: usize) -> Arc<AtomicUsize> {
+        let ran = Arc::new(AtomicUsize::new(0));
+        for _ in 0..n {
             let ran = ran.clone();
-            writer.submit(move || {
+            writer.submit(bytes, move || {
                 ran.fetch_add(1, Ordering::Relaxed);
             });
         }
+        ran
+    }
+
+    #[test]
+    fn the_bytes_held_by_waiting_writes_are_bounded() {
+        let stats = Arc::new(Stats::default());
+        let writer = WriteBehind::start(stats.clone()).unwrap();
+        let release = hold(&writer);
+        let mib = 1 << 20;
+        let ran = submit_counted(&writer, QUEUE_BYTES / mib as u64 + 10, mib);
         assert_eq!(stats.disk_writes_dropped.load(Ordering::Relaxed), 10);
         release.send(()).unwrap();
         writer.flush();
-        assert_eq!(ran.load(Ordering::Relaxed), QUEUE);
+        assert_eq!(ran.load(Ordering::Relaxed) as u64, QUEUE_BYTES / mib as u64);
+        // Done writes give their room back.
+        let again = submit_counted(&writer, 3, mib);
+        writer.flush();
+        assert_eq!(again.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn the_number_of_waiting_writes_is_bounded() {
+        let stats = Arc::new(Stats::default());
+        let writer = WriteBehind::start(stats.clone()).unwrap();
+        let release = hold(&writer);
+        let ran = submit_counted(&writer, QUEUE_WRITES + 10, 0);
+        assert_eq!(stats.disk_writes_dropped.load(Ordering::Relaxed), 11);
+        release.send(()).unwrap();
+        writer.flush();
+        assert_eq!(ran.load(Ordering::Relaxed) as u64, QUEUE_WRITES - 1);
     }
 }

@@ -183,6 +183,13 @@ impl Collector for CacheCollector {
             "Chunks fetched ahead of sequential readers.",
             None,
             &[(None, Counter(read(&stats.readahead_chunks)))],
+        )?;
+        write(
+            &mut encoder,
+            "prefetched_files",
+            "Small files fetched ahead when their store path was first looked up.",
+            None,
+            &[(None, Counter(read(&stats.prefetched_files)))],
         )
     }
 }

@@ -91,6 +91,8 @@ let
       inst.memoryCacheSize
       "--readahead-chunks"
       (toString inst.readaheadChunks)
+      "--prefetch-bytes"
+      inst.prefetchBytes
     ]
     ++ optionals (cfg.cacheDir != null) [
       "--cache-dir"

@@ -100,6 +100,7 @@ let
         negativeTimeout = inherited "negativeTimeout" { };
         memoryCacheSize = inherited "memoryCacheSize" { };
         readaheadChunks = inherited "readaheadChunks" { };
+        prefetchBytes = inherited "prefetchBytes" { };
         logLevel = inherited "logLevel" { };
         seccomp = inherited "seccomp" { };
         landlock = inherited "landlock" { };
@@ -434,6 +435,13 @@ in
       default = 32;
       example = 64;
       description = "Chunks fetched ahead of a sequential reader (`--readahead-chunks`; 0: off).";
+    };
+
+    prefetchBytes = mkOption {
+      type = size;
+      default = "64M";
+      example = "0";
+      description = "Bytes of small files fetched ahead from a store path when it is first looked up (`--prefetch-bytes`; 0: off).";
     };
 
     logLevel = mkOption {

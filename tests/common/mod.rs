@@ -263,12 +263,24 @@ fn is_mounted(path: &Path) -> bool {
 
 /// Starts the daemon serving on `target` (`--mount DIR` or
 /// `--socket-path PATH`), logging to `log`.
+/// Starts the daemon. Without `--prefetch-bytes` among `extra`, with the
+/// prefetch of store paths off: most tests count the store calls their
+/// reads cause, or keep a file uncached on purpose, and a background walk
+/// fetching a store path's small files would change both
+/// (tests/prefetch.rs tests the prefetch itself; the systemd guest's
+/// packaged unit and scripts/bench-boot.sh run with the default).
 fn spawn_daemon(mode: &str, target: &Path, store: &str, extra: &[&str], log: &Path) -> Child {
+    let prefetch: &[&str] = if extra.contains(&"--prefetch-bytes") {
+        &[]
+    } else {
+        &["--prefetch-bytes", "0"]
+    };
     Command::new(DAEMON_BIN)
         .arg(mode)
         .arg(target)
         .arg("--store")
         .arg(store)
+        .args(prefetch)
         .args(extra)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())

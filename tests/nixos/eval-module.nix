@@ -53,6 +53,7 @@ let
       negativeTimeout = 0;
       memoryCacheSize = "1G";
       readaheadChunks = 0;
+      prefetchBytes = "0";
       logLevel = "debug";
       seccomp = "log";
       landlock = "auto";
@@ -224,6 +225,8 @@ let
         "128M"
         "--readahead-chunks"
         "32"
+        "--prefetch-bytes"
+        "64M"
         "--cache-dir"
         "/var/cache/tvix-virtiofsd"
         "--disk-cache-size"
@@ -276,6 +279,8 @@ let
         "--memory-cache-size"
         "1G"
         "--readahead-chunks"
+        "0"
+        "--prefetch-bytes"
         "0"
         "--cache-dir"
         "/var/cache/tvix-virtiofsd"

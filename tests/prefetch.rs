@@ -1,0 +1,146 @@
+//! Prefetching a store path's small files when it is first looked up
+//! (`--prefetch-bytes`), through real FUSE mounts of daemon processes
+//! against the fixture store: what is fetched without a read, the budget,
+//! a warm restart, and turning it off.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const NAME: &str = "tool-1.0";
+/// Sizes of the small files in `etc/` and in `share/doc/deep/`.
+const ETC: [usize; 6] = [1, 100, 4096, 5000, 70_000, 256 << 10];
+const DEEP: [usize; 4] = [10, 2000, 30_000, 200_000];
+
+/// A store path with small files near the top (`etc/`), small files deep
+/// down (`share/doc/deep/`), an empty file, a symlink and a file larger
+/// than a chunk (`lib/big.bin`), which is never prefetched.
+fn tree() -> PathBuf {
+    let root = scratch("prefetch-tree");
+    let pkg = root.join(NAME);
+    let write = |dir: &Path, sizes: &[usize], seed: usize| {
+        std::fs::create_dir_all(dir).unwrap();
+        for (i, &size) in sizes.iter().enumerate() {
+            let data: Vec<u8> = (0..size).map(|b| (b * 31 + i * 7 + seed) as u8).collect();
+            std::fs::write(dir.join(format!("f{i}")), data).unwrap();
+        }
+    };
+    write(&pkg.join("etc"), &ETC, 1);
+    write(&pkg.join("share/doc/deep"), &DEEP, 2);
+    write(&pkg.join("lib"), &[600 << 10], 3);
+    std::fs::rename(pkg.join("lib/f0"), pkg.join("lib/big.bin")).unwrap();
+    std::fs::write(pkg.join("empty"), b"").unwrap();
+    std::os::unix::fs::symlink("etc/f0", pkg.join("link")).unwrap();
+    root
+}
+
+fn fixture(tree: &Path) -> Fixture {
+    Fixture::start(tree, &["--chunk-size", &CHUNK_SIZE.to_string()])
+}
+
+fn blob_reads(fixture: &Fixture) -> u64 {
+    fixture.stats().get("blob_read").copied().unwrap_or(0)
+}
+
+/// Waits until the fixture has served `expected` blob reads, then a little
+/// longer to see that no more come.
+fn settle_at(fixture: &Fixture, expected: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while blob_reads(fixture) < expected && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(blob_reads(fixture), expected, "blob reads of the prefetch");
+}
+
+fn daemon(fixture: &Fixture, cache: &Path, prefetch: &str) -> Daemon {
+    let cache = cache.display().to_string();
+    Daemon::mount(
+        &fixture.address(),
+        &[
+            "--cache-dir",
+            &cache,
+            "--instance",
+            "vm1",
+            "--prefetch-bytes",
+            prefetch,
+        ],
+    )
+}
+
+fn read_all_small(daemon: &Daemon, fixture: &Fixture, source: &Path) {
+    let served = daemon.path(&fixture.store_path(NAME));
+    for (dir, n) in [("etc", ETC.len()), ("share/doc/deep", DEEP.len())] {
+        for i in 0..n {
+            let relative = format!("{dir}/f{i}");
+            assert!(
+                std::fs::read(served.join(&relative)).unwrap()
+                    == std::fs::read(source.join(NAME).join(&relative)).unwrap(),
+                "{relative}: wrong bytes"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_lookup_fetches_every_small_file_ahead_and_reads_then_need_no_store() {
+    let source = tree();
+    let fixture = fixture(&source);
+    let daemon = daemon(&fixture, &scratch("prefetch-cache"), "64M");
+    assert_eq!(blob_reads(&fixture), 0);
+    let root = daemon.path(&fixture.store_path(NAME));
+    assert!(std::fs::metadata(&root).unwrap().is_dir());
+    // Every non-empty small file, once; neither the empty file nor the
+    // chunks of big.bin (nor its chunk list).
+    let small = (ETC.len() + DEEP.len()) as u64;
+    settle_at(&fixture, small);
+    assert_eq!(fixture.stats().get("blob_stat").copied().unwrap_or(0), 0);
+    read_all_small(&daemon, &fixture, &source);
+    assert_eq!(
+        blob_reads(&fixture),
+        small,
+        "a prefetched file was fetched again"
+    );
+}
+
+#[test]
+fn the_budget_covers_the_first_files_breadth_first_and_a_warm_restart_makes_no_calls() {
+    let source = tree();
+    let fixture = fixture(&source);
+    let cache = scratch("prefetch-cache");
+    // Exactly the files of etc/, which the walk reaches before the deeper
+    // ones (and before share/ itself).
+    let budget = ETC.iter().sum::<usize>().to_string();
+    let mut first = daemon(&fixture, &cache, &budget);
+    std::fs::metadata(first.path(&fixture.store_path(NAME))).unwrap();
+    settle_at(&fixture, ETC.len() as u64);
+    first.stop();
+
+    // A new daemon on the same cache walks the same files, all on disk.
+    let second = daemon(&fixture, &cache, &budget);
+    std::fs::metadata(second.path(&fixture.store_path(NAME))).unwrap();
+    settle_at(&fixture, ETC.len() as u64);
+    let deep = second
+        .path(&fixture.store_path(NAME))
+        .join("share/doc/deep/f1");
+    assert_eq!(std::fs::read(deep).unwrap().len(), DEEP[1]);
+    assert_eq!(
+        blob_reads(&fixture),
+        ETC.len() as u64 + 1,
+        "only the file read was fetched"
+    );
+}
+
+#[test]
+fn with_prefetch_off_a_lookup_fetches_nothing() {
+    let source = tree();
+    let fixture = fixture(&source);
+    let daemon = daemon(&fixture, &scratch("prefetch-cache"), "0");
+    std::fs::metadata(daemon.path(&fixture.store_path(NAME))).unwrap();
+    settle_at(&fixture, 0);
+    read_all_small(&daemon, &fixture, &source);
+    assert_eq!(blob_reads(&fixture), (ETC.len() + DEEP.len()) as u64);
+}
