@@ -295,9 +295,12 @@ report() {
     echo "| $(label "$r") | $(med "$r" 3 %.2f) | $(join_list $(col "$r" 3)) | $(med "$r" 4 %.2f) | $([ "$r" = virtiofsd ] && echo 1.00 || ratio_cell "$r" virtiofsd) | ${t:+≤ $t×} | $calls | $mib | $hits |"
   done
   echo
-  echo "\`tvix-store virtiofs\` / ours cold, as a speed factor (its time / ours, per repetition): store on loopback $(ratio_cell tvix-virtiofs ours-cold) (target ≥ 6×)$(
-    [ -z "$(col tvix-virtiofs-10ms 3)" ] || echo "; both behind $((2 * delay_ms)) ms per round trip $(ratio_cell tvix-virtiofs-10ms ours-10ms)")."
-  echo
+  if [ -n "$(col tvix-virtiofs 3)" ] && [ -n "$(col ours-cold 3)" ]; then
+    echo "\`tvix-store virtiofs\` / ours cold, as a speed factor (its time / ours, per repetition): store on loopback $(ratio_cell tvix-virtiofs ours-cold) (target ≥ 6×)$(
+      [ -z "$(col tvix-virtiofs-10ms 3)" ] || [ -z "$(col ours-10ms 3)" ] ||
+        echo "; both behind $((2 * delay_ms)) ms per round trip $(ratio_cell tvix-virtiofs-10ms ours-10ms)")."
+    echo
+  fi
   echo "Targets (medians of the per-repetition ratios above):"
   echo
   local m

@@ -56,7 +56,7 @@ fn settle_at(fixture: &Fixture, expected: u64) {
     assert_eq!(blob_reads(fixture), expected, "blob reads of the prefetch");
 }
 
-fn daemon(fixture: &Fixture, cache: &Path, prefetch: &str) -> Daemon {
+fn daemon(fixture: &Fixture, cache: &Path, instance: &str, prefetch: &str) -> Daemon {
     let cache = cache.display().to_string();
     Daemon::mount(
         &fixture.address(),
@@ -64,7 +64,7 @@ fn daemon(fixture: &Fixture, cache: &Path, prefetch: &str) -> Daemon {
             "--cache-dir",
             &cache,
             "--instance",
-            "vm1",
+            instance,
             "--prefetch-bytes",
             prefetch,
         ],
@@ -89,7 +89,7 @@ fn read_all_small(daemon: &Daemon, fixture: &Fixture, source: &Path) {
 fn a_lookup_fetches_every_small_file_ahead_and_reads_then_need_no_store() {
     let source = tree();
     let fixture = fixture(&source);
-    let daemon = daemon(&fixture, &scratch("prefetch-cache"), "64M");
+    let daemon = daemon(&fixture, &scratch("prefetch-cache"), "vm1", "64M");
     assert_eq!(blob_reads(&fixture), 0);
     let root = daemon.path(&fixture.store_path(NAME));
     assert!(std::fs::metadata(&root).unwrap().is_dir());
@@ -107,20 +107,21 @@ fn a_lookup_fetches_every_small_file_ahead_and_reads_then_need_no_store() {
 }
 
 #[test]
-fn the_budget_covers_the_first_files_breadth_first_and_a_warm_restart_makes_no_calls() {
+fn the_budget_covers_the_first_files_breadth_first_and_a_warm_cache_needs_no_calls() {
     let source = tree();
     let fixture = fixture(&source);
     let cache = scratch("prefetch-cache");
     // Exactly the files of etc/, which the walk reaches before the deeper
     // ones (and before share/ itself).
     let budget = ETC.iter().sum::<usize>().to_string();
-    let mut first = daemon(&fixture, &cache, &budget);
+    let mut first = daemon(&fixture, &cache, "vm1", &budget);
     std::fs::metadata(first.path(&fixture.store_path(NAME))).unwrap();
     settle_at(&fixture, ETC.len() as u64);
     first.stop();
 
-    // A new daemon on the same cache walks the same files, all on disk.
-    let second = daemon(&fixture, &cache, &budget);
+    // Another instance on the same cache (its path info comes from the
+    // store, so it walks) covers the same files, all on disk.
+    let second = daemon(&fixture, &cache, "vm2", &budget);
     std::fs::metadata(second.path(&fixture.store_path(NAME))).unwrap();
     settle_at(&fixture, ETC.len() as u64);
     let deep = second
@@ -138,7 +139,7 @@ fn the_budget_covers_the_first_files_breadth_first_and_a_warm_restart_makes_no_c
 fn with_prefetch_off_a_lookup_fetches_nothing() {
     let source = tree();
     let fixture = fixture(&source);
-    let daemon = daemon(&fixture, &scratch("prefetch-cache"), "0");
+    let daemon = daemon(&fixture, &scratch("prefetch-cache"), "vm1", "0");
     std::fs::metadata(daemon.path(&fixture.store_path(NAME))).unwrap();
     settle_at(&fixture, 0);
     read_all_small(&daemon, &fixture, &source);

@@ -49,9 +49,9 @@ impl CachedStore {
             .as_ref()
             .and_then(|m| m.path_info(&hash, name))
         {
+            // Looked up by this instance before: prefetched then.
             self.path_infos
                 .insert(hash, PathInfoEntry::Found(found.clone()));
-            self.start_tree_prefetch(&found.node);
             return Ok(Some(found));
         }
         self.stats
