@@ -175,7 +175,8 @@ pub struct Cli {
     pub readahead_chunks: usize,
 
     /// Bytes of small files (up to 256 KiB each) fetched ahead, in the
-    /// background, from a store path the first time it is looked up:
+    /// background, from a store path the first time this instance looks it
+    /// up (its path info comes from the store, not its mappings):
     /// breadth first, skipping what is cached (suffixes K, M, G; 0: off).
     #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
     pub prefetch_bytes: u64,

@@ -80,8 +80,8 @@ pub struct CacheConfig {
     pub readahead_chunks: usize,
     /// Where large unchunked blobs are spooled without a disk cache.
     pub spool_dir: Option<PathBuf>,
-    /// Bytes of small files fetched ahead per store path when it is first
-    /// looked up (0: none).
+    /// Bytes of small files fetched ahead per store path when this instance
+    /// first looks it up (0: none).
     pub prefetch_bytes: u64,
 }
 

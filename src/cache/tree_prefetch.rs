@@ -1,6 +1,8 @@
 //! Fetching ahead the small files of a store path when this instance first
-//! looks it up (its path info comes from the store, not from the instance's
-//! mappings on disk, which a restart finds warm). A guest booting from a store path opens hundreds of small files one
+//! looks it up (its path info comes from the store, not from the
+//! instance's mappings on disk, which a restart finds warm).
+//!
+//! A guest booting from a store path opens hundreds of small files one
 //! after another, and each cold one waits for a store round trip: behind a
 //! remote store those waits add up to most of the boot. One background
 //! thread walks the store path's Directories (breadth first, so `etc/` and

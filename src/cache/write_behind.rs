@@ -90,9 +90,17 @@ impl WriteBehind {
             }
             return;
         }
+        // A write that panics (a bug) costs that write only: the thread
+        // goes on with the next, as the blocking pool it replaced did.
         let job = move || {
-            write();
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(write));
             release();
+            if let Err(payload) = outcome {
+                tracing::error!(
+                    panic = crate::request_guard::panic_message(payload.as_ref()),
+                    "a write to the disk cache panicked; the writer goes on"
+                );
+            }
         };
         if self.queue.send(Message::Write(Box::new(job))).is_err() {
             self.stats
@@ -185,6 +193,18 @@ mod tests {
         let again = submit_counted(&writer, 3, mib);
         writer.flush();
         assert_eq!(again.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn a_write_that_panics_costs_only_itself() {
+        let stats = Arc::new(Stats::default());
+        let writer = WriteBehind::start(stats.clone()).unwrap();
+        writer.submit(100, || panic!("a broken write"));
+        let ran = submit_counted(&writer, 3, 100);
+        writer.flush();
+        assert_eq!(ran.load(Ordering::Relaxed), 3);
+        assert_eq!(writer.queued_bytes.load(Ordering::Relaxed), 0);
+        assert_eq!(writer.queued_writes.load(Ordering::Relaxed), 0);
     }
 
     #[test]

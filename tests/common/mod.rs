@@ -262,9 +262,8 @@ fn is_mounted(path: &Path) -> bool {
 }
 
 /// Starts the daemon serving on `target` (`--mount DIR` or
-/// `--socket-path PATH`), logging to `log`.
-/// Starts the daemon. Without `--prefetch-bytes` among `extra`, with the
-/// prefetch of store paths off: most tests count the store calls their
+/// `--socket-path PATH`), logging to `log`. Without `--prefetch-bytes`
+/// among `extra`, with the prefetch of store paths off: most tests count the store calls their
 /// reads cause, or keep a file uncached on purpose, and a background walk
 /// fetching a store path's small files would change both
 /// (tests/prefetch.rs tests the prefetch itself; the systemd guest's
