@@ -1,13 +1,16 @@
 //! Prefetching a store path's small files when it is first looked up
 //! (`--prefetch-bytes`), through real FUSE mounts of daemon processes
-//! against the fixture store: what is fetched without a read, the budget,
-//! a warm restart, and turning it off.
+//! against the fixture store (which counts its calls): what is fetched
+//! without a read, the budget, a warm cache, and turning it off; and
+//! against the real tvix-store and snix-store, whose answers it takes
+//! (counted by our daemon's `--stats-file`).
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::real_store::StoreKind;
 use common::*;
 
 const NAME: &str = "tool-1.0";
@@ -71,8 +74,9 @@ fn daemon(fixture: &Fixture, cache: &Path, instance: &str, prefetch: &str) -> Da
     )
 }
 
-fn read_all_small(daemon: &Daemon, fixture: &Fixture, source: &Path) {
-    let served = daemon.path(&fixture.store_path(NAME));
+/// Reads every small file of the store path served at `served` and
+/// compares it with the source tree's.
+fn check_small_files(served: &Path, source: &Path) {
     for (dir, n) in [("etc", ETC.len()), ("share/doc/deep", DEEP.len())] {
         for i in 0..n {
             let relative = format!("{dir}/f{i}");
@@ -98,7 +102,7 @@ fn a_lookup_fetches_every_small_file_ahead_and_reads_then_need_no_store() {
     let small = (ETC.len() + DEEP.len()) as u64;
     settle_at(&fixture, small);
     assert_eq!(fixture.stats().get("blob_stat").copied().unwrap_or(0), 0);
-    read_all_small(&daemon, &fixture, &source);
+    check_small_files(&daemon.path(&fixture.store_path(NAME)), &source);
     assert_eq!(
         blob_reads(&fixture),
         small,
@@ -142,6 +146,88 @@ fn with_prefetch_off_a_lookup_fetches_nothing() {
     let daemon = daemon(&fixture, &scratch("prefetch-cache"), "vm1", "0");
     std::fs::metadata(daemon.path(&fixture.store_path(NAME))).unwrap();
     settle_at(&fixture, 0);
-    read_all_small(&daemon, &fixture, &source);
+    check_small_files(&daemon.path(&fixture.store_path(NAME)), &source);
     assert_eq!(blob_reads(&fixture), (ETC.len() + DEEP.len()) as u64);
+}
+
+/// Against a real store: a lookup alone fetches the small files, verified,
+/// and another instance on the same cache then reads them all from disk.
+fn prefetches_from_a_real_store(kind: StoreKind, test: &str) {
+    let source = tree();
+    let store = real_store_or_skip!(kind, test, &[&source]);
+    let name = store.store_path_of(&source.join(NAME));
+    let (cache, stats_dir) = (
+        scratch("real-prefetch-cache"),
+        scratch("real-prefetch-stats"),
+    );
+    let small = (ETC.len() + DEEP.len()) as u64;
+    let small_bytes = ETC.iter().chain(&DEEP).sum::<usize>() as u64;
+    let mount = |instance: &str, stats: &Path| {
+        let mut args: Vec<String> = store.protocol_args().map(String::from).to_vec();
+        for (flag, value) in [
+            ("--cache-dir", cache.display().to_string()),
+            ("--instance", instance.into()),
+            ("--stats-file", stats.display().to_string()),
+            ("--prefetch-bytes", "64M".into()),
+        ] {
+            args.extend([flag.into(), value]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Daemon::mount(&store.address(), &args)
+    };
+
+    let first_stats = stats_dir.join("first");
+    let mut first = mount("vm1", &first_stats);
+    assert!(std::fs::metadata(first.path(&name)).unwrap().is_dir());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while read_counters(&first_stats)
+        .get("store_bytes_fetched")
+        .copied()
+        != Some(small_bytes)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{kind:?}: the prefetch did not fetch the {small_bytes} bytes of small files: {:?}\n{}",
+            read_counters(&first_stats),
+            first.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(first.stop(), "the daemon did not unmount by itself");
+    let counters = read_counters(&first_stats);
+    assert_eq!(
+        counters["prefetched_files"], small,
+        "{kind:?}: {counters:?}"
+    );
+    assert_eq!(
+        counters["store_bytes_fetched"], small_bytes,
+        "{kind:?}: {counters:?}"
+    );
+    assert_eq!(counters["store_errors"], 0, "{kind:?}: {counters:?}");
+    assert_eq!(
+        counters["verification_failures"], 0,
+        "{kind:?}: {counters:?}"
+    );
+    assert_eq!(counters["disk_writes_dropped"], 0, "{kind:?}: {counters:?}");
+
+    let second_stats = stats_dir.join("second");
+    let mut second = mount("vm2", &second_stats);
+    check_small_files(&second.path(&name), &source);
+    assert!(second.stop(), "the daemon did not unmount by itself");
+    let counters = read_counters(&second_stats);
+    assert_eq!(
+        counters["store_bytes_fetched"], 0,
+        "{kind:?}: the second instance fetched content: {counters:?}"
+    );
+    assert_eq!(counters["prefetched_files"], 0, "{kind:?}: {counters:?}");
+}
+
+#[test]
+fn prefetches_from_a_real_tvix_store() {
+    prefetches_from_a_real_store(StoreKind::Tvix, "prefetches_from_a_real_tvix_store");
+}
+
+#[test]
+fn prefetches_from_a_real_snix_store() {
+    prefetches_from_a_real_store(StoreKind::Snix, "prefetches_from_a_real_snix_store");
 }
