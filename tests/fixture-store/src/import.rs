@@ -44,6 +44,16 @@ pub enum BlobSource {
     Memory(Bytes),
 }
 
+impl BlobSource {
+    /// The blob's length in bytes.
+    pub fn len(&self) -> u64 {
+        match self {
+            BlobSource::File { len, .. } => *len,
+            BlobSource::Memory(data) => data.len() as u64,
+        }
+    }
+}
+
 /// A blob the store can serve.
 #[derive(Clone, Debug)]
 pub struct Blob {

@@ -67,6 +67,11 @@ struct Args {
     #[arg(long, value_name = "HEX", value_parser = parse_hex_digest)]
     corrupt_blob: Vec<Digest>,
 
+    /// Read of this whole blob (hex digest) flips its last byte; Reads of
+    /// its chunks do not.
+    #[arg(long, value_name = "HEX", value_parser = parse_hex_digest)]
+    corrupt_whole_read: Vec<Digest>,
+
     /// Get of this Directory (hex digest) returns one that does not hash to it.
     #[arg(long, value_name = "HEX", value_parser = parse_hex_digest)]
     corrupt_directory: Vec<Digest>,
@@ -394,6 +399,7 @@ fn main() -> Result<()> {
 
     let misbehaviour = Misbehaviour {
         corrupt_blobs: args.corrupt_blob.iter().copied().collect(),
+        corrupt_whole_reads: args.corrupt_whole_read.iter().copied().collect(),
         corrupt_directories: args.corrupt_directory.iter().copied().collect(),
         latency: Duration::from_millis(args.latency_ms),
         adversarial,

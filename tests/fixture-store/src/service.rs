@@ -43,6 +43,10 @@ const MAX_PUT_BLOB: usize = 64 << 20;
 pub struct Misbehaviour {
     /// Blobs (and chunks of those blobs) whose Read flips a byte.
     pub corrupt_blobs: HashSet<Digest>,
+    /// Blobs whose Read of the whole blob flips its last byte, while their
+    /// chunks are served intact (a stream of the blob goes bad, a fetch
+    /// chunk by chunk does not).
+    pub corrupt_whole_reads: HashSet<Digest>,
     /// Directories whose Get returns a Directory that does not hash to its
     /// digest.
     pub corrupt_directories: HashSet<Digest>,
@@ -177,9 +181,16 @@ impl BlobService for Blobs {
         if let Some(how) = misbehaving {
             return Ok(Response::new(misbehaving_read(&source, how)));
         }
-        let corrupt = self.0.misbehaviour.corrupt_blobs.contains(&digest);
-        if corrupt {
-            info!(digest = %hex(&digest), "misbehaving: Read returns the blob with one byte flipped");
+        let misbehaviour = &self.0.misbehaviour;
+        let corrupt = if misbehaviour.corrupt_blobs.contains(&digest) {
+            Some(0)
+        } else if misbehaviour.corrupt_whole_reads.contains(&digest) {
+            Some(source.len().saturating_sub(1))
+        } else {
+            None
+        };
+        if let Some(at) = corrupt {
+            info!(digest = %hex(&digest), at, "misbehaving: Read returns the blob with one byte flipped");
         }
         // A blocking task reads the file piece by piece and feeds a small
         // channel, so at most a few pieces are in memory and a client that
@@ -272,22 +283,26 @@ fn blob_not_found(digest: &Digest) -> Status {
 }
 
 /// Streams a blob's bytes into `tx` in pieces of at most `piece_size`,
-/// flipping the first byte if `corrupt`. Stops when the receiver is gone.
+/// flipping the byte at offset `corrupt`, if any. Stops when the receiver is gone.
 fn send_blob(
     source: &BlobSource,
     piece_size: usize,
-    corrupt: bool,
+    corrupt: Option<u64>,
     tx: &mpsc::Sender<Result<BlobChunk, Status>>,
 ) {
     let mut flip = corrupt;
+    let mut sent = 0u64;
     let mut send = |data: Bytes| -> bool {
-        let data = if flip && !data.is_empty() {
-            flip = false;
-            let mut bytes = data.to_vec();
-            bytes[0] ^= 0xff;
-            Bytes::from(bytes)
-        } else {
-            data
+        let start = sent;
+        sent += data.len() as u64;
+        let data = match flip {
+            Some(at) if (start..sent).contains(&at) => {
+                flip = None;
+                let mut bytes = data.to_vec();
+                bytes[(at - start) as usize] ^= 0xff;
+                Bytes::from(bytes)
+            }
+            _ => data,
         };
         tx.blocking_send(Ok(BlobChunk { data })).is_ok()
     };
@@ -326,8 +341,8 @@ fn send_blob(
             }
         }
     }
-    if flip {
-        warn!("asked to corrupt an empty blob: there is no byte to flip");
+    if flip.is_some() {
+        warn!("asked to corrupt a byte past the end of the blob: none flipped");
     }
 }
 
@@ -593,7 +608,9 @@ mod tests {
     #[tokio::test]
     async fn reads_flip_one_byte_when_corrupt() {
         let data = Bytes::from_static(b"hello world");
-        for (corrupt, piece) in [(false, 4), (true, 4), (true, 100)] {
+        // The first, a middle and the last byte (as --corrupt-whole-read).
+        let cases = [(None, 4), (Some(0), 4), (Some(5), 4), (Some(10), 100)];
+        for (corrupt, piece) in cases {
             let source = BlobSource::Memory(data.clone());
             let (tx, rx) = mpsc::channel(100);
             tokio::task::spawn_blocking(move || send_blob(&source, piece, corrupt, &tx))
@@ -607,7 +624,10 @@ mod tests {
             let got: Vec<u8> = pieces.concat();
             assert_eq!(got.len(), data.len());
             let differing = got.iter().zip(data.iter()).filter(|(a, b)| a != b).count();
-            assert_eq!(differing, usize::from(corrupt));
+            assert_eq!(differing, usize::from(corrupt.is_some()));
+            if let Some(at) = corrupt {
+                assert_ne!(got[at as usize], data[at as usize], "byte {at}");
+            }
         }
     }
 }
