@@ -415,46 +415,106 @@ impl StoreClient {
         size: u64,
         mut sink: impl FnMut(&[u8]) -> io::Result<()>,
     ) -> Result<()> {
-        let mut client = self.blobs.clone();
-        let call = "BlobService.Read";
-        let request = ReadBlobRequest {
-            digest: Bytes::copy_from_slice(digest.as_bytes()),
-        };
-        let not_found =
-            |e: StoreError| e.not_found_as(|| StoreError::BlobNotFound { digest: *digest });
-        let mut stream = self
-            .bounded(call, digest, client.read(request))
-            .await
-            .map_err(not_found)?
-            .into_inner();
-        let mut received = 0u64;
-        let mut deadline = self.deadline();
-        while let Some(piece) = self
-            .bounded_within(call, digest, &mut deadline, stream.message())
-            .await
-            .map_err(not_found)?
-        {
-            received += piece.data.len() as u64;
-            deadline.credit(piece.data.len() as u64);
-            if received > size {
-                return Err(StoreError::BlobSizeMismatch {
-                    digest: *digest,
-                    expected: size,
-                    actual: received,
-                });
-            }
-            sink(&piece.data).map_err(|source| StoreError::Sink {
+        let mut messages = self.blob_messages(digest, size).await?;
+        while let Some(piece) = messages.next().await? {
+            sink(&piece).map_err(|source| StoreError::Sink {
                 digest: *digest,
                 source,
             })?;
         }
-        if received != size {
+        Ok(())
+    }
+
+    /// Opens a Read of the blob `digest` of `size` bytes, to be taken
+    /// message by message, UNVERIFIED, as for
+    /// [`Self::stream_blob_unverified`]: for a caller that checks the
+    /// pieces it keeps (the chunks of the blob, each by its own digest)
+    /// and may stop reading for a while in between.
+    pub async fn blob_messages(&self, digest: &B3Digest, size: u64) -> Result<BlobMessages<'_>> {
+        let mut client = self.blobs.clone();
+        let request = ReadBlobRequest {
+            digest: Bytes::copy_from_slice(digest.as_bytes()),
+        };
+        let stream = self
+            .bounded(BLOB_READ, digest, client.read(request))
+            .await
+            .map_err(|e| e.not_found_as(|| StoreError::BlobNotFound { digest: *digest }))?
+            .into_inner();
+        Ok(BlobMessages {
+            client: self,
+            digest: *digest,
+            size,
+            received: 0,
+            deadline: self.deadline(),
+            stream,
+        })
+    }
+}
+
+const BLOB_READ: &str = "BlobService.Read";
+
+/// The messages of one BlobService.Read, each call bounded by the
+/// client's timeout and the whole call by its minimum rate.
+pub struct BlobMessages<'a> {
+    client: &'a StoreClient,
+    digest: B3Digest,
+    size: u64,
+    received: u64,
+    deadline: CallDeadline,
+    stream: tonic::Streaming<crate::proto::castore::BlobChunk>,
+}
+
+impl BlobMessages<'_> {
+    /// The next piece of the blob; `None` once exactly `size` bytes came.
+    /// A store that sends more is cut off at once, one that ends early is
+    /// an error.
+    pub async fn next(&mut self) -> Result<Option<Bytes>> {
+        let digest = self.digest;
+        let piece = self
+            .client
+            .bounded_within(
+                BLOB_READ,
+                &digest,
+                &mut self.deadline,
+                self.stream.message(),
+            )
+            .await
+            .map_err(|e| e.not_found_as(|| StoreError::BlobNotFound { digest }))?;
+        let Some(piece) = piece else {
+            if self.received != self.size {
+                return Err(StoreError::BlobSizeMismatch {
+                    digest,
+                    expected: self.size,
+                    actual: self.received,
+                });
+            }
+            return Ok(None);
+        };
+        self.received += piece.data.len() as u64;
+        self.deadline.credit(piece.data.len() as u64);
+        if self.received > self.size {
             return Err(StoreError::BlobSizeMismatch {
-                digest: *digest,
-                expected: size,
-                actual: received,
+                digest,
+                expected: self.size,
+                actual: self.received,
             });
         }
-        Ok(())
+        Ok(Some(piece.data))
+    }
+
+    /// The error for a blob that ended before its chunk list said it
+    /// would (the chunk list and the blob disagree).
+    pub fn short(&self) -> StoreError {
+        StoreError::BlobSizeMismatch {
+            digest: self.digest,
+            expected: self.size,
+            actual: self.received,
+        }
+    }
+
+    /// Starts the call's bound afresh: the time the caller spent not
+    /// reading (the store held back by flow control) is not the store's.
+    pub fn resume(&mut self) {
+        self.deadline = self.client.deadline();
     }
 }

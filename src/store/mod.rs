@@ -14,7 +14,7 @@ pub mod protocol;
 pub mod store_path;
 
 pub use address::{StoreAddress, TlsSettings};
-pub use client::{Chunk, StoreClient, StoreConfig, StoreError};
+pub use client::{BlobMessages, Chunk, StoreClient, StoreConfig, StoreError};
 pub use digest::B3Digest;
 pub use directory::{DirEntry, Directory, Node};
 pub use protocol::StoreProtocol;
