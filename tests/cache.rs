@@ -1,7 +1,8 @@
 //! The local cache, through real FUSE mounts of daemon processes against the
 //! fixture store: sharing one disk cache between daemons, its size bound,
 //! corruption on disk, serving while the store is down, one fetch per chunk
-//! for concurrent readers, and bounded memory.
+//! for concurrent readers, one stream of a blob for a reader from its
+//! start, and bounded memory.
 
 mod common;
 
@@ -304,24 +305,118 @@ fn serves_everything_cached_while_the_store_is_down() {
     }
 }
 
-#[test]
-fn concurrent_readers_of_a_cold_file_fetch_each_chunk_once() {
-    let tree = sample_tree();
-    let fixture = chunked(&tree);
-    let daemon = Daemon::mount(&fixture.address(), &[]);
+/// Daemon flags for a stats file at `stats`, and `extra`.
+fn with_stats(stats: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args = vec!["--stats-file".to_string(), stats.display().to_string()];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// Blob bytes the daemon received from the store, by its stats file
+/// (written every second and when it stops).
+fn bytes_fetched(stats: &Path) -> u64 {
+    read_counters(stats)
+        .get("store_bytes_fetched")
+        .copied()
+        .unwrap_or(0)
+}
+
+/// `readers` threads each reading the big file of a fresh daemon from
+/// start to end: the store's blob reads meanwhile, and the daemon's stats
+/// file (the daemon stopped, so it is final).
+fn cold_reads_of_the_big_file(
+    fixture: &Fixture,
+    name: &str,
+    readers: usize,
+) -> (u64, std::path::PathBuf) {
+    let stats = scratch(name).join("stats");
+    let mut daemon = mount_with(fixture, &with_stats(&stats, &[]));
     let file = daemon.path(&fixture.store_path(PKG)).join("lib/libbig.so");
-    let source = std::fs::read(tree.join(PKG).join("lib/libbig.so")).unwrap();
+    let source = std::fs::read(sample_tree().join(PKG).join("lib/libbig.so")).unwrap();
     let before = fixture.stats().get("blob_read").copied().unwrap_or(0);
     std::thread::scope(|s| {
-        for _ in 0..8 {
+        for _ in 0..readers {
             s.spawn(|| assert!(read_direct(&file) == source, "a reader got wrong bytes"));
         }
     });
     let reads = fixture.stats().get("blob_read").copied().unwrap_or(0) - before;
+    daemon.stop();
+    (reads, stats)
+}
+
+#[test]
+fn concurrent_readers_of_a_cold_file_fetch_each_chunk_once() {
+    let tree = sample_tree();
+    let fixture = chunked(&tree);
+    let (reads, stats) = cold_reads_of_the_big_file(&fixture, "concurrent-readers", 8);
+    // One stream of the whole blob for the first reader, the others
+    // waiting for its chunks: every byte comes once, whichever call
+    // brought it.
+    let fetched = bytes_fetched(&stats);
+    assert!(
+        (BIG_FILE_SIZE..=BIG_FILE_SIZE + CHUNK_SIZE).contains(&fetched),
+        "{fetched} bytes fetched for a file of {BIG_FILE_SIZE} and 8 readers"
+    );
     let chunks = BIG_FILE_SIZE.div_ceil(CHUNK_SIZE);
-    assert_eq!(
-        reads, chunks,
-        "{reads} chunk fetches for {chunks} chunks and 8 readers"
+    assert!(
+        reads <= 3,
+        "{reads} blob reads for {chunks} chunks and 8 readers"
+    );
+}
+
+#[test]
+fn a_reader_from_the_start_gets_the_blob_in_one_call() {
+    let tree = sample_tree();
+    let fixture = chunked(&tree);
+    let (reads, stats) = cold_reads_of_the_big_file(&fixture, "one-stream", 1);
+    assert_eq!(reads, 1, "blob reads for one sequential reader");
+    assert_eq!(bytes_fetched(&stats), BIG_FILE_SIZE, "bytes fetched");
+}
+
+#[test]
+fn a_stream_ends_when_its_reader_lets_go() {
+    let tree = sample_tree();
+    let fixture = chunked(&tree);
+    let stats = scratch("stream-released").join("stats");
+    let mut daemon = mount_with(&fixture, &with_stats(&stats, &["--readahead-chunks", "8"]));
+    let path = daemon.path(&fixture.store_path(PKG)).join("lib/libbig.so");
+    let source = std::fs::read(tree.join(PKG).join("lib/libbig.so")).unwrap();
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&path)
+            .unwrap();
+        for at in (0..4u64).map(|i| i << 20) {
+            let piece = read_at(&file, at, 1 << 20).unwrap();
+            assert!(piece == source[at as usize..][..1 << 20], "bytes at {at}");
+        }
+    }
+    // Closed after 4 MiB: the stream stops within its window (8 chunks
+    // of 256 KiB past the reader) and lets go of what it claimed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let counters = read_counters(&stats);
+        // Written after the reads (their bytes counted) and nothing running.
+        if counters.get("fetches_in_flight") == Some(&0)
+            && counters.get("store_bytes_fetched").copied().unwrap_or(0) >= 4 << 20
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "fetches still running after the file was closed: {counters:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    daemon.stop();
+    // The window and the chunk it was in, and a message reaching past it.
+    let fetched = bytes_fetched(&stats);
+    let bound = (4 << 20) + 12 * CHUNK_SIZE;
+    assert!(
+        fetched <= bound,
+        "{fetched} bytes fetched for 4 MiB read; at most {bound} expected"
     );
 }
 

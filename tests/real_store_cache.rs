@@ -2,7 +2,8 @@
 //! real FUSE mounts: a second daemon on a shared cache serves the sample
 //! tree without asking the store for anything, and a daemon whose store is
 //! down serves what is cached, fails what is not, and picks the store up
-//! again when it returns. Real stores count no calls, so our daemon's
+//! again when it returns; a cold sequential read of a large file is one
+//! stream of its blob. Real stores count no calls, so our daemon's
 //! `--stats-file` counts them.
 
 mod common;
@@ -268,5 +269,57 @@ fn serves_everything_cached_while_a_snix_store_is_down() {
     serves_everything_cached_while_the_store_is_down(
         StoreKind::Snix,
         "serves_everything_cached_while_a_snix_store_is_down",
+    );
+}
+
+/// A cold sequential read of a large file: every byte verified and
+/// received once, in a handful of calls rather than one per chunk (one
+/// stream of the whole blob, split at the chunk list the store gave).
+fn a_cold_sequential_read_is_one_stream(kind: StoreKind, test: &str) {
+    let tree = sample_tree();
+    let store = real_store_or_skip!(kind, test, &[&tree]);
+    let cache = scratch("real-cold-stream");
+    let stats = scratch("real-cold-stream-stats").join("stats");
+    let mut daemon = mount_with(&store, &args(&store, &cache, Some(&stats), &[]));
+    let relative = "lib/libbig.so";
+    let served = read_direct(
+        &daemon
+            .path(&store.store_path_of(&tree.join(PKG)))
+            .join(relative),
+    );
+    let source = std::fs::read(tree.join(PKG).join(relative)).unwrap();
+    assert!(served == source, "served bytes differ from the source");
+    let counters = counters_at_exit(&mut daemon, &stats);
+    eprintln!("{kind:?}: {counters:?}");
+    assert_eq!(counters["store_errors"], 0, "store errors: {counters:?}");
+    assert_eq!(
+        counters["store_bytes_fetched"], BIG_FILE_SIZE,
+        "bytes received for one read of the file"
+    );
+    // The path info, the Directories, the chunk list and one Read of the
+    // whole blob (one spare): per chunk, this would be hundreds.
+    assert!(
+        counters["store_requests"] <= 5,
+        "store calls for one file: {counters:?}"
+    );
+    assert!(
+        counters["readahead_chunks"] > 0,
+        "nothing read ahead: {counters:?}"
+    );
+}
+
+#[test]
+fn a_cold_sequential_read_from_a_tvix_store_is_one_stream() {
+    a_cold_sequential_read_is_one_stream(
+        StoreKind::Tvix,
+        "a_cold_sequential_read_from_a_tvix_store_is_one_stream",
+    );
+}
+
+#[test]
+fn a_cold_sequential_read_from_a_snix_store_is_one_stream() {
+    a_cold_sequential_read_is_one_stream(
+        StoreKind::Snix,
+        "a_cold_sequential_read_from_a_snix_store_is_one_stream",
     );
 }

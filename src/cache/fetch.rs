@@ -236,16 +236,9 @@ impl CachedStore {
         }
         let this = self.clone();
         let chunk = *chunk;
-        let fetch = async move {
-            let result = this.fetch_from_store(&chunk).await;
-            if let Ok(data) = &result {
-                this.chunks.insert(chunk.digest, data.clone());
-            }
-            this.in_flight.lock().remove(&chunk.digest);
-            result.map_err(Arc::new)
-        }
-        .boxed()
-        .shared();
+        let fetch = async move { this.fetch_into_memory(&chunk).await }
+            .boxed()
+            .shared();
         in_flight.insert(chunk.digest, fetch.clone());
         fetch
     }
@@ -258,11 +251,20 @@ impl CachedStore {
             .get(ObjectKind::Chunk, &chunk.digest, Some(chunk.size))
     }
 
+    /// The body of a fetch in `in_flight`: the chunk from the store into
+    /// memory first, then out of `in_flight`, so a reader finds it in one
+    /// or the other.
+    async fn fetch_into_memory(&self, chunk: &Chunk) -> ChunkResult {
+        let result = self.fetch_from_store(chunk).await;
+        if let Ok(data) = &result {
+            self.chunks.insert(chunk.digest, data.clone());
+        }
+        self.in_flight.lock().remove(&chunk.digest);
+        result.map_err(Arc::new)
+    }
+
     /// Fetches a chunk from the store, verified, and writes it to disk
-    /// behind the reader's back. Its outboard is not written: only a
-    /// random read of part of the chunk from disk needs one, and that read
-    /// writes it the first time (one file per fetch instead of two, for
-    /// the many chunks that are only ever read whole).
+    /// behind the reader's back.
     async fn fetch_from_store(&self, chunk: &Chunk) -> Result<Bytes, StoreError> {
         self.stats.store_requests.fetch_add(1, Ordering::Relaxed);
         self.stats.fetches_in_flight.fetch_add(1, Ordering::Relaxed);
@@ -273,12 +275,7 @@ impl CachedStore {
                 self.stats
                     .store_bytes_fetched
                     .fetch_add(data.len() as u64, Ordering::Relaxed);
-                if let Some(objects) = self.objects.clone() {
-                    let (digest, written) = (chunk.digest, data.clone());
-                    self.write_behind(written.len(), move || {
-                        objects.put(ObjectKind::Chunk, &digest, &written)
-                    });
-                }
+                self.write_fetched(chunk, &data);
                 Ok(data)
             }
             Err(e) => {
@@ -288,30 +285,131 @@ impl CachedStore {
         }
     }
 
-    /// A chunk from the store into (recycled) memory, verified: each
-    /// 16 KiB group is hashed as it arrives, while still in the CPU's
-    /// cache, and the root of their tree compared with the digest.
+    /// Writes a chunk verified from the store to disk. Its outboard is not
+    /// written: only a random read of part of the chunk from disk needs
+    /// one, and that read writes it the first time (one file per fetch
+    /// instead of two, for the many chunks that are only ever read whole).
+    fn write_fetched(&self, chunk: &Chunk, data: &Bytes) {
+        if let Some(objects) = self.objects.clone() {
+            let (digest, written) = (chunk.digest, data.clone());
+            self.write_behind(written.len(), move || {
+                objects.put(ObjectKind::Chunk, &digest, &written)
+            });
+        }
+    }
+
+    /// A chunk from the store into (recycled) memory, verified.
     async fn receive_chunk(&self, chunk: &Chunk) -> Result<Bytes, StoreError> {
-        let mut buf = buffers::take(usize::try_from(chunk.size).unwrap_or(0));
-        let mut groups = outboard::GroupHasher::default();
-        let by_group = chunk.size > outboard::GROUP;
+        let mut assembled = ChunkAssembler::new(chunk);
         self.client
             .stream_blob_unverified(&chunk.digest, chunk.size, |piece| {
-                buf.extend_from_slice(piece);
-                if by_group {
-                    groups.advance(&buf);
-                }
+                assembled.push(piece);
                 Ok(())
             })
             .await?;
-        let (actual, _outboard) = groups.finish(&buf);
-        if actual != chunk.digest {
+        assembled.finish()
+    }
+
+    /// Claims `chunk` for a stream of its blob ([`super::blob_stream`]):
+    /// those who ask for it meanwhile wait for what the stream delivers
+    /// through the returned sender, or, if the stream gives it up (drops
+    /// the sender), fetch it on their own. `None` if it is in memory, on
+    /// its way, or on disk already: the stream then only passes over it.
+    pub(super) fn claim_for_stream(
+        self: &Arc<Self>,
+        chunk: &Chunk,
+    ) -> Option<(StreamDelivery, ChunkFuture)> {
+        let mut in_flight = self.in_flight.lock();
+        if in_flight.contains_key(&chunk.digest) || self.chunks.peek(&chunk.digest).is_some() {
+            return None;
+        }
+        if let Some(objects) = &self.objects {
+            if objects.contains(ObjectKind::Chunk, &chunk.digest) {
+                return None;
+            }
+        }
+        let (done, delivered) = tokio::sync::oneshot::channel::<ChunkResult>();
+        let this = self.clone();
+        let chunk = *chunk;
+        let wait = async move {
+            match delivered.await {
+                Ok(delivered) => delivered,
+                Err(_) => this.fetch_into_memory(&chunk).await,
+            }
+        }
+        .boxed()
+        .shared();
+        in_flight.insert(chunk.digest, wait.clone());
+        Some((done, wait))
+    }
+
+    /// Hands a chunk that a stream verified to its waiters: into memory
+    /// first, then out of `in_flight`, so a reader finds it in one or the
+    /// other.
+    pub(super) fn deliver_streamed(&self, chunk: &Chunk, data: Bytes, done: StreamDelivery) {
+        self.write_fetched(chunk, &data);
+        self.chunks.insert(chunk.digest, data.clone());
+        self.in_flight.lock().remove(&chunk.digest);
+        let _ = done.send(Ok(data));
+    }
+
+    /// Lets go of a claim the stream could not fill: its entry leaves
+    /// `in_flight` unless a waiter holds it, who then fetches the chunk
+    /// itself (the sender is dropped).
+    pub(super) fn abandon_claim(&self, chunk: &Chunk, claim: (StreamDelivery, ChunkFuture)) {
+        let (done, wait) = claim;
+        let mut in_flight = self.in_flight.lock();
+        if in_flight
+            .get(&chunk.digest)
+            .is_some_and(|f| f.ptr_eq(&wait))
+            && wait.strong_count() == Some(2)
+        {
+            in_flight.remove(&chunk.digest);
+        }
+        drop(done);
+    }
+}
+
+/// Where a stream of a whole blob hands one claimed chunk to its waiters.
+pub(super) type StreamDelivery = tokio::sync::oneshot::Sender<ChunkResult>;
+
+/// One chunk's bytes gathered from the pieces the store sends, each 16 KiB
+/// group hashed as it arrives (while still in the CPU's cache), and the
+/// root of their tree compared with the digest at the end.
+pub(super) struct ChunkAssembler {
+    chunk: Chunk,
+    buf: Vec<u8>,
+    groups: outboard::GroupHasher,
+    by_group: bool,
+}
+
+impl ChunkAssembler {
+    pub(super) fn new(chunk: &Chunk) -> Self {
+        Self {
+            chunk: *chunk,
+            buf: buffers::take(usize::try_from(chunk.size).unwrap_or(0)),
+            groups: outboard::GroupHasher::default(),
+            by_group: chunk.size > outboard::GROUP,
+        }
+    }
+
+    pub(super) fn push(&mut self, piece: &[u8]) {
+        self.buf.extend_from_slice(piece);
+        if self.by_group {
+            self.groups.advance(&self.buf);
+        }
+    }
+
+    /// The chunk, if what arrived hashes to its digest.
+    pub(super) fn finish(self) -> Result<Bytes, StoreError> {
+        let (actual, _outboard) = self.groups.finish(&self.buf);
+        if actual != self.chunk.digest {
             return Err(StoreError::BlobDigestMismatch {
-                digest: chunk.digest,
+                digest: self.chunk.digest,
                 actual,
             });
         }
-        Ok(buffers::freeze(buf))
+        Ok(buffers::freeze(self.buf))
     }
 }
 

@@ -22,6 +22,7 @@
 //!
 //! With the store down, everything cached keeps being served.
 
+mod blob_stream;
 mod buffers;
 mod eviction;
 mod fetch;

@@ -23,9 +23,10 @@ use std::sync::Arc;
 
 use blake3::hazmat::ChainingValue;
 
+use super::blob_stream;
 use super::objects::ObjectKind;
 use super::outboard::{self, OutboardBuilder, GROUP};
-use super::source::{BlobSlot, ContentSource, OpenBlob, ReadError};
+use super::source::{BlobSlot, ContentSource, OpenBlob, ReadError, StreamState};
 use super::CachedStore;
 use crate::store::{B3Digest, Chunk, DirEntry, Directory, StoreError};
 
@@ -265,7 +266,7 @@ impl CachedStore {
     fn read_chunks(
         &self,
         blob: &OpenBlob,
-        chunks: &[Chunk],
+        chunks: &Arc<Vec<Chunk>>,
         offset: u64,
         end: u64,
         run: u32,
@@ -273,6 +274,12 @@ impl CachedStore {
     ) -> Result<usize, ReadError> {
         let this = self.this();
         let first = chunks.partition_point(|c| c.offset + c.size <= offset);
+        // Before this read's own chunks are fetched, so that a stream
+        // started now delivers them too.
+        let streaming = run != 0 && self.config.readahead_chunks > 0 && {
+            let touched = chunks.partition_point(|c| c.offset < end);
+            self.read_ahead_by_stream(blob, chunks, first, touched.saturating_sub(1))
+        };
         let mut written = 0;
         let mut last = first;
         for (i, chunk) in chunks
@@ -307,6 +314,9 @@ impl CachedStore {
         if run == 0 {
             blob.readahead_end.store(0, Ordering::Relaxed);
         } else if self.config.readahead_chunks > 0 {
+            if streaming {
+                return Ok(written);
+            }
             // Like the kernel's: the window doubles with every sequential
             // read (2, 4, 8, ...) up to the bound, so a reader that only
             // peeks at the start costs little. Chunks already handed over
@@ -321,6 +331,61 @@ impl CachedStore {
             }
         }
         Ok(written)
+    }
+
+    /// Read-ahead through one stream of the whole blob: started for a
+    /// sequential reader whose first read, of chunks `first..=last`, is at
+    /// the start of a blob of many chunks that are not cached, and told
+    /// where the reader is on every read after. False when the reader
+    /// reads ahead chunk by chunk instead (no stream, or it ended early).
+    fn read_ahead_by_stream(
+        &self,
+        blob: &OpenBlob,
+        chunks: &Arc<Vec<Chunk>>,
+        first: usize,
+        last: usize,
+    ) -> bool {
+        let mut state = blob.slot.stream.lock();
+        match &*state {
+            StreamState::Running(stream) if !stream.failed() => {
+                stream.reader_at(last);
+                return true;
+            }
+            StreamState::Running(_) => {
+                // It ended early: chunk by chunk from here.
+                *state = StreamState::Off;
+                blob.readahead_end.store(last + 1, Ordering::Relaxed);
+                return false;
+            }
+            StreamState::Off => return false,
+            StreamState::Untried => {}
+        }
+        *state = StreamState::Off;
+        let worth_it = first == 0
+            && chunks.len() >= blob_stream::MIN_CHUNKS
+            && last + 1 < chunks.len()
+            && chunks[last + 1..]
+                .iter()
+                .take(2)
+                .all(|c| !self.in_memory_or_flight(c) && !self.on_disk(c));
+        if worth_it {
+            let stream = self.this().start_blob_stream(
+                blob.digest,
+                blob.size,
+                chunks.clone(),
+                self.config.readahead_chunks,
+                last,
+            );
+            *state = StreamState::Running(stream);
+        }
+        worth_it
+    }
+
+    /// Whether `chunk` is in the disk cache (one stat).
+    fn on_disk(&self, chunk: &Chunk) -> bool {
+        self.objects
+            .as_ref()
+            .is_some_and(|o| o.contains(ObjectKind::Chunk, &chunk.digest))
     }
 
     /// Bytes `from..to` of `chunk` read from the disk cache without the

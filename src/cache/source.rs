@@ -55,6 +55,9 @@ pub enum ReadError {
 #[derive(Default)]
 pub struct BlobSlot {
     pub(super) source: Mutex<Option<Arc<super::reader::BlobSource>>>,
+    /// The one stream of the whole blob for its sequential readers (see
+    /// `blob_stream.rs`), once tried; it ends when the last handle closes.
+    pub(super) stream: Mutex<StreamState>,
 }
 
 /// An open file: which blob, how long, its shared slot, and where the last
@@ -68,6 +71,17 @@ pub struct OpenBlob {
     pub(super) sequential_reads: AtomicU32,
     /// Index of the first chunk not yet handed to read-ahead.
     pub(super) readahead_end: AtomicUsize,
+}
+
+/// Whether an open blob's chunks come from one stream of the blob.
+#[derive(Default)]
+pub(super) enum StreamState {
+    /// Not tried yet.
+    #[default]
+    Untried,
+    Running(super::blob_stream::BlobStream),
+    /// Tried, or not worth it: read ahead chunk by chunk.
+    Off,
 }
 
 impl OpenBlob {

@@ -1,0 +1,234 @@
+//! Read-ahead of a chunked blob in one store call. A reader that starts at
+//! offset 0 and reads on gets the blob's chunks from one
+//! BlobService.Read of the whole blob, split at the chunk boundaries of
+//! its chunk list, instead of one Read per chunk: the store then does the
+//! work of one call, not of thousands.
+//!
+//! Each chunk is still verified by its own digest before anyone gets it,
+//! and what the stream is about to deliver is claimed in `in_flight`, so a
+//! reader that gets there first waits for the stream rather than fetching
+//! it again. The stream stays at most the read-ahead window ahead of its
+//! reader (it stops taking messages, and flow control holds the store
+//! back), ends when the file is released or the reader wanders off, and on
+//! any failure lets go of its claims: their waiters then fetch those
+//! chunks one by one, as without it, and so does the reader from then on.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use super::fetch::{ChunkAssembler, ChunkFuture, StreamDelivery};
+use super::CachedStore;
+use crate::store::{B3Digest, BlobMessages, Chunk, StoreError};
+
+/// A stream whose reader has not moved on for this long ends: the file is
+/// open but nobody reads it.
+const IDLE: Duration = Duration::from_secs(30);
+
+/// Blobs of fewer chunks are read ahead chunk by chunk: the calls saved do
+/// not pay for a stream.
+pub(super) const MIN_CHUNKS: usize = 4;
+
+/// What the reader and the stream know of each other.
+#[derive(Default)]
+struct Progress {
+    /// Index of the last chunk the reader has read.
+    reader_at: AtomicUsize,
+    /// Set when the file is released: the stream ends.
+    released: AtomicBool,
+    /// Set by the stream when it ended early: the reader reads ahead
+    /// chunk by chunk from then on.
+    failed: AtomicBool,
+    /// Woken when the reader moves on or lets go.
+    moved: Notify,
+}
+
+/// The reader's handle on its stream; dropping it ends the stream.
+pub(super) struct BlobStream {
+    progress: Arc<Progress>,
+}
+
+impl BlobStream {
+    /// Tells the stream that the reader has read chunk `index`.
+    pub(super) fn reader_at(&self, index: usize) {
+        self.progress.reader_at.fetch_max(index, Ordering::Relaxed);
+        self.progress.moved.notify_one();
+    }
+
+    /// Whether the stream ended before the end of the blob.
+    pub(super) fn failed(&self) -> bool {
+        self.progress.failed.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for BlobStream {
+    fn drop(&mut self) {
+        self.progress.released.store(true, Ordering::Relaxed);
+        self.progress.moved.notify_one();
+    }
+}
+
+impl CachedStore {
+    /// Starts streaming the blob `digest` of `size` bytes, split into
+    /// `chunks`, at most `window` chunks ahead of its reader, who is about
+    /// to read up to chunk `reader_at`. The chunks up to the window are
+    /// claimed before this returns, so the reader waits for the stream for
+    /// those rather than fetching them on its own.
+    pub(super) fn start_blob_stream(
+        self: &Arc<Self>,
+        digest: B3Digest,
+        size: u64,
+        chunks: Arc<Vec<Chunk>>,
+        window: usize,
+        reader_at: usize,
+    ) -> BlobStream {
+        let window = window.max(1);
+        let progress = Arc::new(Progress {
+            reader_at: AtomicUsize::new(reader_at),
+            ..Progress::default()
+        });
+        let mut claims = VecDeque::new();
+        for index in 0..chunks.len().min(reader_at + window + 1) {
+            claims.push_back((index, self.claim_for_stream(&chunks[index])));
+        }
+        let this = self.clone();
+        let shared = progress.clone();
+        self.stats.store_requests.fetch_add(1, Ordering::Relaxed);
+        self.runtime.spawn(async move {
+            this.stats.fetches_in_flight.fetch_add(1, Ordering::Relaxed);
+            let result = this
+                .stream_chunks(&digest, size, &chunks, window, &shared, &mut claims)
+                .await;
+            this.stats.fetches_in_flight.fetch_sub(1, Ordering::Relaxed);
+            // Claims not delivered go back: their waiters fetch them.
+            for (index, claim) in claims {
+                if let Some(claim) = claim {
+                    this.abandon_claim(&chunks[index], claim);
+                }
+            }
+            match result {
+                Ok(Finished::AtTheEnd) => {}
+                Ok(Finished::Left) => shared.failed.store(true, Ordering::Relaxed),
+                Err(e) => {
+                    shared.failed.store(true, Ordering::Relaxed);
+                    this.count_failure(&e);
+                    tracing::warn!(blob = %digest, error = %e, "streaming a blob failed; its chunks are fetched one by one");
+                }
+            }
+        });
+        BlobStream { progress }
+    }
+
+    /// The stream's work: claims the chunks within the window, takes the
+    /// blob's messages, and hands each claimed chunk over once verified.
+    async fn stream_chunks(
+        self: &Arc<Self>,
+        digest: &B3Digest,
+        size: u64,
+        chunks: &[Chunk],
+        window: usize,
+        progress: &Progress,
+        claims: &mut VecDeque<(usize, Option<(StreamDelivery, ChunkFuture)>)>,
+    ) -> Result<Finished, StoreError> {
+        let mut messages = self.client.blob_messages(digest, size).await?;
+        let mut piece = Bytes::new();
+        let mut claimed = claims.len();
+        for (index, chunk) in chunks.iter().enumerate() {
+            // Wait while the reader is a window behind.
+            let mut paused = false;
+            while index > progress.reader_at.load(Ordering::Relaxed) + window {
+                if progress.released.load(Ordering::Relaxed) {
+                    return Ok(Finished::Left);
+                }
+                paused = true;
+                if tokio::time::timeout(IDLE, progress.moved.notified())
+                    .await
+                    .is_err()
+                {
+                    return Ok(Finished::Left);
+                }
+            }
+            if progress.released.load(Ordering::Relaxed) {
+                return Ok(Finished::Left);
+            }
+            if paused {
+                messages.resume();
+            }
+            let reach = chunks
+                .len()
+                .min(progress.reader_at.load(Ordering::Relaxed) + window + 1);
+            while claimed < reach {
+                claims.push_back((claimed, self.claim_for_stream(&chunks[claimed])));
+                claimed += 1;
+            }
+            let Some((claimed_index, claim)) = claims.pop_front() else {
+                return Ok(Finished::Left);
+            };
+            debug_assert_eq!(claimed_index, index, "chunks are claimed in order");
+            let received = &self.stats.store_bytes_fetched;
+            match receive(&mut messages, &mut piece, received, chunk, claim.is_some()).await {
+                Ok(Some(data)) => {
+                    if let Some((done, _)) = claim {
+                        if index > progress.reader_at.load(Ordering::Relaxed) {
+                            self.stats.readahead_chunks.fetch_add(1, Ordering::Relaxed);
+                        }
+                        self.deliver_streamed(chunk, data, done);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    claims.push_front((claimed_index, claim));
+                    return Err(e);
+                }
+            }
+        }
+        Ok(Finished::AtTheEnd)
+    }
+}
+
+/// Takes `chunk`'s bytes from the stream (`piece` holds what is left of
+/// the last message): verified if `keep`, passed over if not.
+async fn receive(
+    messages: &mut BlobMessages<'_>,
+    piece: &mut Bytes,
+    received: &AtomicU64,
+    chunk: &Chunk,
+    keep: bool,
+) -> Result<Option<Bytes>, StoreError> {
+    let mut assembled = keep.then(|| ChunkAssembler::new(chunk));
+    let mut missing = chunk.size;
+    while missing > 0 {
+        if piece.is_empty() {
+            // The blob ended early: its length was checked by `next`.
+            let Some(next) = messages.next().await? else {
+                return Err(messages.short());
+            };
+            received.fetch_add(next.len() as u64, Ordering::Relaxed);
+            *piece = next;
+            continue;
+        }
+        let take = piece
+            .len()
+            .min(usize::try_from(missing).unwrap_or(usize::MAX));
+        let part = piece.split_to(take);
+        if let Some(assembled) = assembled.as_mut() {
+            assembled.push(&part);
+        }
+        missing -= take as u64;
+    }
+    // A bad chunk ends the stream: the store's other bytes are not
+    // trusted more than this one.
+    assembled.map(ChunkAssembler::finish).transpose()
+}
+
+/// How a stream ended without an error.
+enum Finished {
+    /// Every chunk passed.
+    AtTheEnd,
+    /// The reader let go or stopped reading.
+    Left,
+}
