@@ -170,7 +170,8 @@ pub struct Cli {
     #[arg(long, value_name = "SIZE", default_value = "10G", value_parser = parse_size)]
     pub disk_cache_size: u64,
 
-    /// Chunks fetched ahead of a sequential reader (0: no readahead).
+    /// Chunks fetched ahead of a sequential reader, one by one or in one
+    /// stream of the whole blob (0: no readahead).
     #[arg(long, value_name = "N", default_value_t = 32)]
     pub readahead_chunks: usize,
 

@@ -13,7 +13,9 @@
 //!   caught on the next read, also through handles already open, and
 //!   fetched again.
 //! - Sequential readers get the next chunks read ahead, in a window that
-//!   doubles with every sequential read.
+//!   doubles with every sequential read; one that starts at the beginning
+//!   of a cold blob of many chunks gets them from one stream of the whole
+//!   blob instead (`blob_stream.rs`).
 
 use std::fs::File;
 use std::io::{self, Read, Write};
