@@ -205,7 +205,7 @@ async fn receive(
         if piece.is_empty() {
             // The blob ended early: its length was checked by `next`.
             let Some(next) = messages.next().await? else {
-                return Err(messages.short());
+                return Err(messages.size_mismatch());
             };
             received.fetch_add(next.len() as u64, Ordering::Relaxed);
             *piece = next;

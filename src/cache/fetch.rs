@@ -87,6 +87,13 @@ impl CachedStore {
             || self.in_flight.lock().contains_key(&chunk.digest)
     }
 
+    /// Whether `chunk` is in the disk cache (one stat).
+    pub(super) fn on_disk(&self, chunk: &Chunk) -> bool {
+        self.objects
+            .as_ref()
+            .is_some_and(|o| o.contains(ObjectKind::Chunk, &chunk.digest))
+    }
+
     /// Starts getting the chunks a sequential reader will want next, in the
     /// background: those in the disk cache through the one disk read-ahead
     /// thread, the others from the store, up to the readahead bound.
@@ -320,13 +327,11 @@ impl CachedStore {
         chunk: &Chunk,
     ) -> Option<(StreamDelivery, ChunkFuture)> {
         let mut in_flight = self.in_flight.lock();
-        if in_flight.contains_key(&chunk.digest) || self.chunks.peek(&chunk.digest).is_some() {
+        if in_flight.contains_key(&chunk.digest)
+            || self.chunks.peek(&chunk.digest).is_some()
+            || self.on_disk(chunk)
+        {
             return None;
-        }
-        if let Some(objects) = &self.objects {
-            if objects.contains(ObjectKind::Chunk, &chunk.digest) {
-                return None;
-            }
         }
         let (done, delivered) = tokio::sync::oneshot::channel::<ChunkResult>();
         let this = self.clone();

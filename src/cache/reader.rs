@@ -383,13 +383,6 @@ impl CachedStore {
         worth_it
     }
 
-    /// Whether `chunk` is in the disk cache (one stat).
-    fn on_disk(&self, chunk: &Chunk) -> bool {
-        self.objects
-            .as_ref()
-            .is_some_and(|o| o.contains(ObjectKind::Chunk, &chunk.digest))
-    }
-
     /// Bytes `from..to` of `chunk` read from the disk cache without the
     /// rest of the chunk and verified through its outboard, when the chunk
     /// is not in memory or on its way.

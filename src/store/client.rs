@@ -482,29 +482,21 @@ impl BlobMessages<'_> {
             .map_err(|e| e.not_found_as(|| StoreError::BlobNotFound { digest }))?;
         let Some(piece) = piece else {
             if self.received != self.size {
-                return Err(StoreError::BlobSizeMismatch {
-                    digest,
-                    expected: self.size,
-                    actual: self.received,
-                });
+                return Err(self.size_mismatch());
             }
             return Ok(None);
         };
         self.received += piece.data.len() as u64;
         self.deadline.credit(piece.data.len() as u64);
         if self.received > self.size {
-            return Err(StoreError::BlobSizeMismatch {
-                digest,
-                expected: self.size,
-                actual: self.received,
-            });
+            return Err(self.size_mismatch());
         }
         Ok(Some(piece.data))
     }
 
-    /// The error for a blob that ended before its chunk list said it
-    /// would (the chunk list and the blob disagree).
-    pub fn short(&self) -> StoreError {
+    /// The error for a blob whose bytes so far disagree with its size: more
+    /// than it, fewer at its end, or fewer than its chunk list says.
+    pub fn size_mismatch(&self) -> StoreError {
         StoreError::BlobSizeMismatch {
             digest: self.digest,
             expected: self.size,
