@@ -324,12 +324,19 @@ fn a_vhost_user_daemon_holds_no_capabilities_on_any_thread() {
     wait_for_log(|| daemon.log(), "VMM connected");
 
     let pid = pid_with_argument(daemon.socket.to_str().unwrap());
-    let names = assert_sandboxed(pid, 0);
-    assert!(
+    // A new thread takes its name once it runs: until then it shows its
+    // parent's, so the names are read again until every thread has one.
+    let started = |names: &[String]| {
         names.iter().filter(|n| n.starts_with("vring")).count() >= 2
-            && names.iter().filter(|n| n.starts_with("fs-worker")).count() == 2,
-        "threads: {names:?}"
-    );
+            && names.iter().filter(|n| n.starts_with("fs-worker")).count() == 2
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut names = assert_sandboxed(pid, 0);
+    while !started(&names) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        names = assert_sandboxed(pid, 0);
+    }
+    assert!(started(&names), "threads: {names:?}");
     drop(vmm);
 }
 
