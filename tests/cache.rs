@@ -511,11 +511,12 @@ fn a_sequential_reader_gets_each_chunk_from_a_warm_disk_once() {
     );
     // Whole chunks read from disk (a read the kernel sends out of order
     // reads part of a chunk instead, with one outboard hit each). Every
-    // chunk read twice would double this; a little slack for chunks read
-    // ahead that a busy reader reached only after they were let go.
+    // chunk read twice would double this; some slack for chunks read ahead
+    // that a busy reader reached only after they were let go (up to 13%
+    // more on a loaded two-core host, with the other tests running).
     let whole = counters["disk_hits"] - counters["disk_range_reads"];
     assert!(
-        whole >= chunks - counters["disk_range_reads"] && whole <= chunks + chunks / 8,
+        whole >= chunks - counters["disk_range_reads"] && whole <= chunks + chunks / 4,
         "{whole} whole-chunk disk reads for {chunks} chunks: {counters:?}"
     );
 }
