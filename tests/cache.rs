@@ -328,9 +328,10 @@ fn cold_reads_of_the_big_file(
     fixture: &Fixture,
     name: &str,
     readers: usize,
+    args: &[&str],
 ) -> (u64, std::path::PathBuf) {
     let stats = scratch(name).join("stats");
-    let mut daemon = mount_with(fixture, &with_stats(&stats, &[]));
+    let mut daemon = mount_with(fixture, &with_stats(&stats, args));
     let file = daemon.path(&fixture.store_path(PKG)).join("lib/libbig.so");
     let source = std::fs::read(sample_tree().join(PKG).join("lib/libbig.so")).unwrap();
     let before = fixture.stats().get("blob_read").copied().unwrap_or(0);
@@ -348,7 +349,7 @@ fn cold_reads_of_the_big_file(
 fn concurrent_readers_of_a_cold_file_fetch_each_chunk_once() {
     let tree = sample_tree();
     let fixture = chunked(&tree);
-    let (reads, stats) = cold_reads_of_the_big_file(&fixture, "concurrent-readers", 8);
+    let (reads, stats) = cold_reads_of_the_big_file(&fixture, "concurrent-readers", 8, &[]);
     // One stream of the whole blob for the first reader, the others
     // waiting for its chunks: every byte comes once, whichever call
     // brought it.
@@ -368,9 +369,32 @@ fn concurrent_readers_of_a_cold_file_fetch_each_chunk_once() {
 fn a_reader_from_the_start_gets_the_blob_in_one_call() {
     let tree = sample_tree();
     let fixture = chunked(&tree);
-    let (reads, stats) = cold_reads_of_the_big_file(&fixture, "one-stream", 1);
+    let (reads, stats) = cold_reads_of_the_big_file(&fixture, "one-stream", 1, &[]);
     assert_eq!(reads, 1, "blob reads for one sequential reader");
     assert_eq!(bytes_fetched(&stats), BIG_FILE_SIZE, "bytes fetched");
+}
+
+#[test]
+fn a_stream_stays_within_a_small_memory_cache() {
+    let tree = sample_tree();
+    let fixture = chunked(&tree);
+    // No disk cache, and a memory cache smaller than the read-ahead
+    // window (32 chunks of 256 KiB): chunks the stream delivered ahead of
+    // the reader must not be pushed out before it reads them, or they
+    // would be fetched a second time.
+    let (reads, stats) = cold_reads_of_the_big_file(
+        &fixture,
+        "small-memory-stream",
+        1,
+        &["--memory-cache-size", "4M"],
+    );
+    assert_eq!(reads, 1, "blob reads for one sequential reader");
+    assert_eq!(bytes_fetched(&stats), BIG_FILE_SIZE, "bytes fetched");
+    let counters = read_counters(&stats);
+    assert!(
+        counters["memory_evictions"] >= BIG_FILE_SIZE.div_ceil(CHUNK_SIZE) / 2,
+        "the file should not have fit in memory: {counters:?}"
+    );
 }
 
 #[test]

@@ -7,7 +7,9 @@
 //! Each chunk is still verified by its own digest before anyone gets it,
 //! and what the stream is about to deliver is claimed in `in_flight`, so a
 //! reader that gets there first waits for the stream rather than fetching
-//! it again. The stream stays at most the read-ahead window ahead of its
+//! it again. What it delivers waits there, outside the memory cache's
+//! bound, until the reader takes it, so a small memory cache does not drop
+//! a chunk before it is read. The stream stays at most the read-ahead window ahead of its
 //! reader (it stops taking messages, and flow control holds the store
 //! back), ends when the file is released or the reader wanders off, and on
 //! any failure lets go of its claims: their waiters then fetch those
@@ -15,10 +17,11 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use super::fetch::{ChunkAssembler, ChunkFuture, StreamDelivery};
@@ -45,18 +48,37 @@ struct Progress {
     failed: AtomicBool,
     /// Woken when the reader moves on or lets go.
     moved: Notify,
+    /// Chunks delivered (index, digest, claim) that the reader may not
+    /// have taken yet: they wait in `in_flight` for it, and are let go
+    /// when it lets go of the file.
+    delivered: Mutex<VecDeque<(usize, B3Digest, ChunkFuture)>>,
+}
+
+impl Progress {
+    /// Lets go of the chunks delivered that the reader did not take.
+    fn release_delivered(&self, store: &CachedStore) {
+        for (_, digest, wait) in self.delivered.lock().drain(..) {
+            store.release_streamed(&digest, &wait);
+        }
+    }
 }
 
 /// The reader's handle on its stream; dropping it ends the stream.
 pub(super) struct BlobStream {
     progress: Arc<Progress>,
+    store: Weak<CachedStore>,
 }
 
 impl BlobStream {
-    /// Tells the stream that the reader has read chunk `index`.
+    /// Tells the stream that the reader is about to read up to chunk
+    /// `index` (so it has taken those before it, read earlier).
     pub(super) fn reader_at(&self, index: usize) {
         self.progress.reader_at.fetch_max(index, Ordering::Relaxed);
         self.progress.moved.notify_one();
+        let mut delivered = self.progress.delivered.lock();
+        while delivered.front().is_some_and(|(i, _, _)| *i < index) {
+            delivered.pop_front();
+        }
     }
 
     /// Whether the stream ended before the end of the blob.
@@ -69,6 +91,9 @@ impl Drop for BlobStream {
     fn drop(&mut self) {
         self.progress.released.store(true, Ordering::Relaxed);
         self.progress.moved.notify_one();
+        if let Some(store) = self.store.upgrade() {
+            self.progress.release_delivered(&store);
+        }
     }
 }
 
@@ -104,6 +129,10 @@ impl CachedStore {
                 .stream_chunks(&digest, size, &chunks, window, &shared, &mut claims)
                 .await;
             this.stats.fetches_in_flight.fetch_sub(1, Ordering::Relaxed);
+            // Delivered after the reader let go: nobody takes those.
+            if shared.released.load(Ordering::Relaxed) {
+                shared.release_delivered(&this);
+            }
             // Claims not delivered go back: their waiters fetch them.
             for (index, claim) in claims {
                 if let Some(claim) = claim {
@@ -120,7 +149,10 @@ impl CachedStore {
                 }
             }
         });
-        BlobStream { progress }
+        BlobStream {
+            progress,
+            store: Arc::downgrade(self),
+        }
     }
 
     /// The stream's work: claims the chunks within the window, takes the
@@ -172,11 +204,15 @@ impl CachedStore {
             let received = &self.stats.store_bytes_fetched;
             match receive(&mut messages, &mut piece, received, chunk, claim.is_some()).await {
                 Ok(Some(data)) => {
-                    if let Some((done, _)) = claim {
+                    if let Some((done, wait)) = claim {
                         if index > progress.reader_at.load(Ordering::Relaxed) {
                             self.stats.readahead_chunks.fetch_add(1, Ordering::Relaxed);
                         }
                         self.deliver_streamed(chunk, data, done);
+                        progress
+                            .delivered
+                            .lock()
+                            .push_back((index, chunk.digest, wait));
                     }
                 }
                 Ok(None) => {}

@@ -14,7 +14,7 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 use super::objects::ObjectKind;
 use super::readahead::DiskReadahead;
 use super::{buffers, outboard, CachedStore};
-use crate::store::{Chunk, StoreError};
+use crate::store::{B3Digest, Chunk, StoreError};
 
 pub type ChunkResult = Result<Bytes, Arc<StoreError>>;
 pub type ChunkFuture = Shared<BoxFuture<'static, ChunkResult>>;
@@ -218,7 +218,7 @@ impl CachedStore {
 
     /// Removes the `in_flight` entry of `digest` if it has its result (a
     /// chunk read ahead that its reader took, or that none came for).
-    pub(super) fn release_if_done(&self, digest: &crate::store::B3Digest) {
+    pub(super) fn release_if_done(&self, digest: &B3Digest) {
         let mut in_flight = self.in_flight.lock();
         if in_flight.get(digest).is_some_and(|f| f.peek().is_some()) {
             in_flight.remove(digest);
@@ -348,14 +348,31 @@ impl CachedStore {
         Some((done, wait))
     }
 
-    /// Hands a chunk that a stream verified to its waiters: into memory
-    /// first, then out of `in_flight`, so a reader finds it in one or the
-    /// other.
+    /// Hands a chunk that a stream verified to its waiters. It stays in
+    /// `in_flight`, outside the memory cache's bound, until its reader
+    /// takes it ([`Self::chunk`] moves it into memory) or the stream's
+    /// reader lets go ([`Self::release_streamed`]): in memory, a small
+    /// cache could drop it before the reader got there, and without a disk
+    /// cache it would be fetched again. The stream stays within its window
+    /// of the reader, which bounds what waits here.
     pub(super) fn deliver_streamed(&self, chunk: &Chunk, data: Bytes, done: StreamDelivery) {
         self.write_fetched(chunk, &data);
-        self.chunks.insert(chunk.digest, data.clone());
-        self.in_flight.lock().remove(&chunk.digest);
         let _ = done.send(Ok(data));
+    }
+
+    /// Lets go of a chunk a stream delivered (`wait`, its claim) that its
+    /// reader did not take: out of `in_flight` unless a fetch of its own
+    /// replaced it there. It is on disk, if there is a disk cache.
+    pub(super) fn release_streamed(&self, chunk: &B3Digest, wait: &ChunkFuture) {
+        // Delivered, so ready: polled once here so that it holds its result.
+        let _ = wait.clone().now_or_never();
+        let mut in_flight = self.in_flight.lock();
+        if in_flight
+            .get(chunk)
+            .is_some_and(|f| f.ptr_eq(wait) && f.peek().is_some())
+        {
+            in_flight.remove(chunk);
+        }
     }
 
     /// Lets go of a claim the stream could not fill: its entry leaves
