@@ -9,11 +9,12 @@
 //! reader that gets there first waits for the stream rather than fetching
 //! it again. What it delivers waits there, outside the memory cache's
 //! bound, until the reader takes it, so a small memory cache does not drop
-//! a chunk before it is read. The stream stays at most the read-ahead window ahead of its
-//! reader (it stops taking messages, and flow control holds the store
-//! back), ends when the file is released or the reader wanders off, and on
-//! any failure lets go of its claims: their waiters then fetch those
-//! chunks one by one, as without it, and so does the reader from then on.
+//! a chunk before it is read. The stream stays at most the read-ahead
+//! window ahead of its reader (it stops taking messages, and flow control
+//! holds the store back), ends when the file is released or the reader
+//! wanders off, and on any failure lets go of its claims: their waiters
+//! then fetch those chunks one by one, as without it, and so does the
+//! reader from then on.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
