@@ -406,12 +406,7 @@ fn a_stream_ends_when_its_reader_lets_go() {
     let path = daemon.path(&fixture.store_path(PKG)).join("lib/libbig.so");
     let source = std::fs::read(tree.join(PKG).join("lib/libbig.so")).unwrap();
     {
-        use std::os::unix::fs::OpenOptionsExt;
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(&path)
-            .unwrap();
+        let file = open_direct(&path);
         for at in (0..4u64).map(|i| i << 20) {
             let piece = read_at(&file, at, 1 << 20).unwrap();
             assert!(piece == source[at as usize..][..1 << 20], "bytes at {at}");
@@ -441,6 +436,55 @@ fn a_stream_ends_when_its_reader_lets_go() {
     assert!(
         fetched <= bound,
         "{fetched} bytes fetched for 4 MiB read; at most {bound} expected"
+    );
+}
+
+#[test]
+fn chunks_streamed_past_a_reader_that_let_go_are_kept_in_memory() {
+    let tree = sample_tree();
+    let fixture = chunked(&tree);
+    let dir = scratch("stream-kept");
+    let stats = dir.join("stats");
+    let mut args = with_stats(&stats, &["--readahead-chunks", "8"]);
+    args.extend(cache_args(&dir.join("cache")));
+    let mut daemon = mount_with(&fixture, &args);
+    let path = daemon.path(&fixture.store_path(PKG)).join("lib/libbig.so");
+    let source = std::fs::read(tree.join(PKG).join("lib/libbig.so")).unwrap();
+    {
+        let file = open_direct(&path);
+        let piece = read_at(&file, 0, 1 << 20).unwrap();
+        assert!(piece == source[..1 << 20], "the first MiB");
+    }
+    // Closed after 1 MiB: wait until the stream has stopped, with the
+    // chunks it delivered ahead of the reader (its window) untaken.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let counters = read_counters(&stats);
+        if counters.get("fetches_in_flight") == Some(&0)
+            && counters.get("store_bytes_fetched").copied().unwrap_or(0) > 1 << 20
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "fetches still running after the file was closed: {counters:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Read again, whole: what the first stream brought comes from memory
+    // (not the disk cache, not the store), the rest from the store.
+    assert!(read_direct(&path) == source, "the whole file");
+    daemon.stop();
+    let counters = read_counters(&stats);
+    assert_eq!(
+        counters.get("disk_hits").copied().unwrap_or(0),
+        0,
+        "chunks read back from disk: {counters:?}"
+    );
+    let fetched = bytes_fetched(&stats);
+    assert!(
+        (BIG_FILE_SIZE..=BIG_FILE_SIZE + CHUNK_SIZE).contains(&fetched),
+        "{fetched} bytes fetched for a file of {BIG_FILE_SIZE} read twice"
     );
 }
 

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::os::unix::fs::OpenOptionsExt;
 use std::time::Duration;
 
 use common::*;
@@ -59,11 +58,7 @@ fn ranged_reads_at_chunk_boundaries_return_the_right_bytes() {
     let source = std::fs::File::open(tree.join("hello-2.12").join(relative)).unwrap();
     // O_DIRECT makes the kernel pass each read to the daemon as asked,
     // bypassing the page cache and its readahead.
-    let direct = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(&served)
-        .unwrap();
+    let direct = open_direct(&served);
     let cached = std::fs::File::open(&served).unwrap();
 
     let c = CHUNK_SIZE;

@@ -7,7 +7,7 @@
 mod common;
 
 use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -264,11 +264,7 @@ fn a_cached_blob_rewritten_in_place_is_caught_on_the_next_read() {
             &["--cache", "never", "--stats-file", stats.to_str().unwrap()],
         ),
     );
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(daemon.path(&format!("{}/{BIG}", fixture.store_path(PKG))))
-        .unwrap();
+    let file = open_direct(&daemon.path(&format!("{}/{BIG}", fixture.store_path(PKG))));
     assert!(read_at(&file, 0, 1 << 20).unwrap() == honest[..1 << 20]);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !object.exists() {

@@ -361,18 +361,28 @@ impl CachedStore {
     }
 
     /// Lets go of a chunk a stream delivered (`wait`, its claim) that its
-    /// reader did not take: out of `in_flight` unless a fetch of its own
-    /// replaced it there. It is on disk, if there is a disk cache.
+    /// reader did not take: from `in_flight` into the memory cache, as a
+    /// chunk read is kept (a reader that opens the file again finds it
+    /// there; the cache's bound now holds it), unless a fetch of its own
+    /// replaced the claim. It is on disk too, if there is a disk cache.
     pub(super) fn release_streamed(&self, chunk: &B3Digest, wait: &ChunkFuture) {
         // Delivered, so ready: polled once here so that it holds its result.
         let _ = wait.clone().now_or_never();
         let mut in_flight = self.in_flight.lock();
-        if in_flight
-            .get(chunk)
-            .is_some_and(|f| f.ptr_eq(wait) && f.peek().is_some())
-        {
-            in_flight.remove(chunk);
+        let Some(entry) = in_flight.get(chunk).filter(|f| f.ptr_eq(wait)) else {
+            return;
+        };
+        let Some(result) = entry.peek().cloned() else {
+            return;
+        };
+        // Into memory before it leaves `in_flight`, as a fetch does, so
+        // that one who looks in between finds it in one place or the other.
+        if let Ok(data) = result {
+            if self.chunks.peek(chunk).is_none() {
+                self.chunks.insert(*chunk, data);
+            }
         }
+        in_flight.remove(chunk);
     }
 
     /// Lets go of a claim the stream could not fill: its entry leaves

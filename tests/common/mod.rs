@@ -590,15 +590,21 @@ pub fn run_guest(
     }
 }
 
-/// Reads a whole file with O_DIRECT (past the guest page cache), 1 MiB at
-/// a time.
-pub fn read_direct(path: &Path) -> Vec<u8> {
+/// `path` opened with O_DIRECT: the kernel passes each read to the daemon
+/// as asked, past the page cache and its readahead.
+pub fn open_direct(path: &Path) -> std::fs::File {
     use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
+    std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECT)
         .open(path)
-        .unwrap();
+        .unwrap_or_else(|e| panic!("opening {} with O_DIRECT: {e}", path.display()))
+}
+
+/// Reads a whole file with O_DIRECT (past the guest page cache), 1 MiB at
+/// a time.
+pub fn read_direct(path: &Path) -> Vec<u8> {
+    let file = open_direct(path);
     let len = file.metadata().unwrap().len();
     let mut out = Vec::with_capacity(len as usize);
     while (out.len() as u64) < len {
