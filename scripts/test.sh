@@ -26,8 +26,8 @@ cargo build --locked --workspace --bins
 scripts/build-deb.sh --dev >/dev/null
 wait "$rootfs_build" || { cat target/build-rootfs.log >&2; exit 1; }
 cargo test --locked --workspace --all-targets
-# Every fuzz target briefly on its seed corpus (docs/fuzzing.md).
-scripts/fuzz-smoke.sh
+# Every fuzz target briefly (10 s) on its seed corpus (docs/fuzzing.md).
+scripts/fuzz-smoke.sh 10
 # Deployment files: systemd units (verify, exposure, flags) and, through
 # scripts/check-nix.sh, the NixOS module, package.nix and flake.nix evaluated
 # with the real nixpkgs library.
