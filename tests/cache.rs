@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -450,27 +451,32 @@ fn chunks_streamed_past_a_reader_that_let_go_are_kept_in_memory() {
     let mut daemon = mount_with(&fixture, &args);
     let path = daemon.path(&fixture.store_path(PKG)).join("lib/libbig.so");
     let source = std::fs::read(tree.join(PKG).join("lib/libbig.so")).unwrap();
+    // Waits (at most 20 s) until the stats file says `done`.
+    let wait_for = |what: &str, done: &dyn Fn(&HashMap<String, u64>) -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let counters = read_counters(&stats);
+            if done(&counters) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{what}: {counters:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let received = |c: &HashMap<String, u64>| c.get("store_bytes_fetched").copied().unwrap_or(0);
     {
         let file = open_direct(&path);
         let piece = read_at(&file, 0, 1 << 20).unwrap();
         assert!(piece == source[..1 << 20], "the first MiB");
+        // The stream runs ahead of the reader (its window: 8 chunks).
+        wait_for("the stream did not run ahead of its reader", &|c| {
+            received(c) >= (1 << 20) + 4 * CHUNK_SIZE
+        });
     }
-    // Closed after 1 MiB: wait until the stream has stopped, with the
-    // chunks it delivered ahead of the reader (its window) untaken.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let counters = read_counters(&stats);
-        if counters.get("fetches_in_flight") == Some(&0)
-            && counters.get("store_bytes_fetched").copied().unwrap_or(0) > 1 << 20
-        {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "fetches still running after the file was closed: {counters:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    // Closed: the chunks it delivered ahead of the reader stay untaken.
+    wait_for("fetches still running after the file was closed", &|c| {
+        c.get("fetches_in_flight") == Some(&0)
+    });
     // Read again, whole: what the first stream brought comes from memory
     // (not the disk cache, not the store), the rest from the store.
     assert!(read_direct(&path) == source, "the whole file");
@@ -481,6 +487,7 @@ fn chunks_streamed_past_a_reader_that_let_go_are_kept_in_memory() {
         0,
         "chunks read back from disk: {counters:?}"
     );
+    // Every byte once.
     let fetched = bytes_fetched(&stats);
     assert!(
         (BIG_FILE_SIZE..=BIG_FILE_SIZE + CHUNK_SIZE).contains(&fetched),
