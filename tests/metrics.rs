@@ -523,3 +523,50 @@ fn bad_data_from_the_store_is_counted_by_kind() {
     // The store answered: it is up, though its data is bad.
     assert_eq!(value(&scrape, "tvix_virtiofsd_store_up", &[]), 1.0);
 }
+
+/// Closing a file costs the guest no FLUSH after the first: the daemon
+/// answers it ENOSYS, the kernel stops sending it on that mount, and every
+/// close still succeeds.
+#[test]
+fn only_the_first_close_on_a_mount_sends_a_flush() {
+    let tree = metrics_tree();
+    let store = real_store_or_skip!(
+        StoreKind::Tvix,
+        "only_the_first_close_on_a_mount_sends_a_flush",
+        &[&tree]
+    );
+    let pkg = store.store_path_of(&tree.join(PKG));
+    let port = free_tcp_port();
+    let args = daemon_args(
+        &store,
+        &["--metrics-listen".into(), format!("127.0.0.1:{port}")],
+    );
+    let daemon = mount(&store, &args);
+    let file = daemon.path(&format!("{pkg}/{READ_FILE}"));
+
+    const CLOSES: usize = 5;
+    for _ in 0..CLOSES {
+        use std::os::fd::IntoRawFd;
+        let mut opened = std::fs::File::open(&file).unwrap();
+        let mut first = [0u8; 16];
+        opened.read_exact(&mut first).unwrap();
+        // SAFETY: the descriptor was just taken out of its File, so it is
+        // open and nothing else closes it.
+        let closed = unsafe { libc::close(opened.into_raw_fd()) };
+        assert_eq!(closed, 0, "close: {}", std::io::Error::last_os_error());
+    }
+
+    let scrape = scrape_tcp(port);
+    let count = |metric: &str, labels: &[(&str, &str)]| value(&scrape, metric, labels);
+    let opens = count("tvix_virtiofsd_fuse_requests_total", &[("opcode", "open")]);
+    assert!(opens >= CLOSES as f64, "opens: {opens}");
+    let flushes = count("tvix_virtiofsd_fuse_requests_total", &[("opcode", "flush")]);
+    assert_eq!(flushes, 1.0, "FLUSH requests for {CLOSES} closes");
+    assert_eq!(
+        count(
+            "tvix_virtiofsd_fuse_errors_total",
+            &[("opcode", "flush"), ("errno", "ENOSYS")]
+        ),
+        1.0
+    );
+}
