@@ -31,7 +31,7 @@ fn guest_sees_the_tree_with_identical_checksums() {
     );
 
     assert_guest_saw_the_whole_tree(
-        &expected_manifest(&sample_tree(), Some(&|top| fixture.store_path(top))),
+        &expected_manifest(&sample_tree(), Some(&|top| fixture.store_path(top)), None),
         &run.stdout,
     );
     daemon.assert_exits_cleanly_after_the_guest_left();
@@ -143,7 +143,10 @@ fn guest_reads_the_disk_cache_while_the_store_is_down() {
     let (manifest, rest) = run
         .stdout
         .split_at(run.stdout.find("uncached-rc=").expect("no rc line"));
-    assert_same_manifest(&expected_manifest(&tree.join("hello-2.12"), None), manifest);
+    assert_same_manifest(
+        &expected_manifest(&tree.join("hello-2.12"), None, None),
+        manifest,
+    );
     assert_eq!(
         rest.trim(),
         "uncached-rc=1",

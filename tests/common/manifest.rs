@@ -11,16 +11,20 @@ use super::{repo_root, MANY};
 /// Runs scripts/vm/tree-manifest.sh on the host over `root` and turns it
 /// into what the guest must see: modes become the store's (r-x dirs, r-- or
 /// r-x files) and, with `store_path_of` given, each top-level name becomes
-/// the store path name it returns for it.
+/// the store path name it returns for it. With `no_content_in`, files below
+/// a directory of that name are listed without content, as the guest's
+/// `tree-manifest --no-content-in NAME` lists them.
 pub fn expected_manifest(
     root: &Path,
     store_path_of: Option<&dyn Fn(&str) -> String>,
+    no_content_in: Option<&str>,
 ) -> BTreeMap<String, String> {
-    let output = Command::new("sh")
-        .arg(repo_root().join("scripts/vm/tree-manifest.sh"))
-        .arg(root)
-        .output()
-        .unwrap();
+    let mut command = Command::new("sh");
+    command.arg(repo_root().join("scripts/vm/tree-manifest.sh"));
+    if let Some(name) = no_content_in {
+        command.args(["--no-content-in", name]);
+    }
+    let output = command.arg(root).output().unwrap();
     assert!(output.status.success());
     let mut out = BTreeMap::new();
     for line in String::from_utf8(output.stdout).unwrap().lines() {

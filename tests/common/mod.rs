@@ -14,7 +14,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 #[allow(unused_imports)]
-pub use tree::{compare_entry, compare_trees, sample_tree, BIG_FILE_SIZE, CHUNK_SIZE, MANY};
+pub use tree::{
+    compare_entry, compare_trees, sample_tree, BIG_FILE_SIZE, CHUNK_SIZE, MANY, MANY_FILES,
+};
 
 /// The fixture store's binary, `tvix-fixture-store`: a crate of its own in
 /// this workspace (so no `CARGO_BIN_EXE_` for it here), built next to this

@@ -11,6 +11,8 @@ pub const CHUNK_SIZE: u64 = 256 << 10;
 pub const BIG_FILE_SIZE: u64 = (64 << 20) + 12_345;
 /// Entries in the big directory.
 pub const MANY: usize = 10_000;
+/// The store path holding them (as `entries/file-NNNNN`).
+pub const MANY_FILES: &str = "many-files-1.0";
 
 /// Deterministic pseudo-random bytes (xorshift), so content is checkable.
 pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
@@ -73,7 +75,7 @@ fn generate(root: &Path) {
     );
     link("does-not-exist", &pkg.join("links/dangling"));
 
-    let many = root.join("many-files-1.0").join("entries");
+    let many = root.join(MANY_FILES).join("entries");
     std::fs::create_dir_all(&many).unwrap();
     for i in 0..MANY {
         let data = format!("entry {i}\n");
