@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{ArgGroup, Parser};
 
-use crate::cache::{CacheConfig, CacheLayout, InstanceName};
+use crate::cache::{CacheConfig, CacheLayout, InstanceName, PrefetchGuess};
 use crate::fs::{CachePolicy, FsConfig, GuestLimits};
 use crate::sandbox::landlock::Access;
 use crate::sandbox::{LandlockMode, LandlockPolicy, SandboxConfig, SeccompMode};
@@ -175,12 +175,20 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 32)]
     pub readahead_chunks: usize,
 
-    /// Bytes of small files (up to 256 KiB each) fetched ahead, in the
-    /// background, from a store path the first time this instance looks it
-    /// up (its path info comes from the store, not its mappings):
-    /// breadth first, skipping what is cached (suffixes K, M, G; 0: off).
+    /// Bytes fetched ahead per store path at most, in the background and
+    /// only while the guest waits for nothing else: the files of the
+    /// store path's access trace (what a guest opened before, recorded
+    /// per instance), else what --prefetch-guess names (suffixes K, M, G;
+    /// 0: no prefetch and no trace).
     #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
     pub prefetch_bytes: u64,
+
+    /// What to prefetch of a store path that has no access trace yet:
+    /// `directory`, the small files of a directory once the guest opens a
+    /// file in it; `tree`, every small file of the store path when it is
+    /// first looked up; `none`.
+    #[arg(long, value_name = "GUESS", value_enum, default_value_t = PrefetchGuess::Directory)]
+    pub prefetch_guess: PrefetchGuess,
 
     /// Directory for large blobs the store does not chunk, when there is no
     /// --cache-dir (they are fetched whole, verified, then read from
@@ -296,6 +304,7 @@ impl Cli {
             readahead_chunks: self.readahead_chunks,
             spool_dir: self.spool_dir.clone(),
             prefetch_bytes: self.prefetch_bytes,
+            prefetch_guess: self.prefetch_guess,
         })
     }
 

@@ -222,6 +222,7 @@ fn serve_channel<F: FileSystem + Send + Sync>(
         match channel.get_request() {
             Ok(Some((reader, writer))) => {
                 let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let _in_service = crate::demand::DEMAND.request();
                     server.handle_message(reader, writer.into(), None, None)
                 }));
                 let result = match handled {

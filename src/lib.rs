@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod config;
+pub mod demand;
 pub mod fs;
 pub mod fuse;
 pub mod log_limit;

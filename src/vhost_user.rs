@@ -142,6 +142,7 @@ fn handle_chain<F: FileSystem + Send + Sync>(
         }
     };
     let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _in_service = crate::demand::DEMAND.request();
         server.handle_message(reader, writer, None, None)
     }));
     let result = match handled {

@@ -1,9 +1,11 @@
-//! Prefetching a store path's small files when it is first looked up
-//! (`--prefetch-bytes`), through real FUSE mounts of daemon processes
-//! against the fixture store (which counts its calls): what is fetched
-//! without a read, the budget, a warm cache, and turning it off; and
-//! against the real tvix-store and snix-store, whose answers it takes
-//! (counted by our daemon's `--stats-file`).
+//! The prefetch (`--prefetch-bytes`, `--prefetch-guess`), through real
+//! FUSE mounts of daemon processes against the fixture store (which counts
+//! its calls): the `tree` guess (what a lookup fetches without a read, the
+//! budget, a warm cache), the default `directory` guess (a lookup fetches
+//! nothing, an open its directory's small files), turning it off, and the
+//! access trace (recorded by one instance, replayed by another that has
+//! it); and against the real tvix-store and snix-store, whose answers it
+//! takes (counted by our daemon's `--stats-file`).
 
 mod common;
 
@@ -44,6 +46,8 @@ fn fixture(tree: &Path) -> Fixture {
     Fixture::start(tree, &["--chunk-size", &CHUNK_SIZE.to_string()])
 }
 
+const NO_READAHEAD: &[&str] = &["--readahead-chunks", "0"];
+
 fn blob_reads(fixture: &Fixture) -> u64 {
     fixture.stats().get("blob_read").copied().unwrap_or(0)
 }
@@ -60,18 +64,62 @@ fn settle_at(fixture: &Fixture, expected: u64) {
 }
 
 fn daemon(fixture: &Fixture, cache: &Path, instance: &str, prefetch: &str) -> Daemon {
+    daemon_guessing(fixture, cache, instance, prefetch, "tree", &[])
+}
+
+fn daemon_guessing(
+    fixture: &Fixture,
+    cache: &Path,
+    instance: &str,
+    prefetch: &str,
+    guess: &str,
+    extra: &[&str],
+) -> Daemon {
     let cache = cache.display().to_string();
-    Daemon::mount(
-        &fixture.address(),
-        &[
-            "--cache-dir",
-            &cache,
-            "--instance",
-            instance,
-            "--prefetch-bytes",
-            prefetch,
-        ],
-    )
+    let mut args = vec![
+        "--cache-dir",
+        &cache,
+        "--instance",
+        instance,
+        "--prefetch-bytes",
+        prefetch,
+        "--prefetch-guess",
+        guess,
+    ];
+    args.extend(extra);
+    Daemon::mount(&fixture.address(), &args)
+}
+
+/// The trace files an instance keeps (`instances/NAME/traces/`).
+fn trace_files(cache: &Path, instance: &str) -> Vec<PathBuf> {
+    let dir = cache.join("v2/instances").join(instance).join("traces");
+    let mut found = Vec::new();
+    let mut pending = vec![dir];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+/// Copies an instance's traces into another cache's instance.
+fn copy_traces(from: &Path, from_instance: &str, to: &Path, to_instance: &str) {
+    let dir = from.join("v2/instances").join(from_instance).join("traces");
+    for file in trace_files(from, from_instance) {
+        let target = to
+            .join("v2/instances")
+            .join(to_instance)
+            .join("traces")
+            .join(file.strip_prefix(&dir).unwrap());
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::copy(&file, &target).unwrap();
+    }
 }
 
 /// Reads every small file of the store path served at `served` and
@@ -150,6 +198,120 @@ fn with_prefetch_off_a_lookup_fetches_nothing() {
     assert_eq!(blob_reads(&fixture), (ETC.len() + DEEP.len()) as u64);
 }
 
+#[test]
+fn by_default_a_lookup_fetches_nothing_and_an_open_fetches_its_directory() {
+    let source = tree();
+    let fixture = fixture(&source);
+    let cache = scratch("prefetch-cache");
+    // The default guess (only the budget is given: the tests' daemons
+    // run without a prefetch unless told).
+    let daemon = Daemon::mount(
+        &fixture.address(),
+        &[
+            "--cache-dir",
+            &cache.display().to_string(),
+            "--instance",
+            "vm1",
+            "--prefetch-bytes",
+            "64M",
+        ],
+    );
+    let root = daemon.path(&fixture.store_path(NAME));
+    // A metadata walk of the whole store path: no content.
+    let mut pending = vec![root.clone()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_dir() {
+                pending.push(entry.path());
+            }
+            std::fs::symlink_metadata(entry.path()).unwrap();
+        }
+    }
+    settle_at(&fixture, 0);
+    // One open in etc/: the small files of etc/, nothing deeper.
+    let first = std::fs::read(root.join("etc/f0")).unwrap();
+    assert_eq!(first.len(), ETC[0]);
+    settle_at(&fixture, ETC.len() as u64);
+    check_small_files(&root, &source);
+    assert_eq!(
+        blob_reads(&fixture),
+        (ETC.len() + DEEP.len()) as u64,
+        "each small file was fetched once"
+    );
+}
+
+#[test]
+fn an_instance_with_the_trace_of_another_fetches_what_that_guest_read() {
+    let source = tree();
+    let fixture = fixture(&source);
+    let (first_cache, second_cache) = (scratch("trace-cache-1"), scratch("trace-cache-2"));
+    let store_path = fixture.store_path(NAME);
+    // What the first guest reads: two small files, out of order, and the
+    // first 100 KiB of big.bin (its first chunks only; no read-ahead of
+    // ours, so that both guests' reads cover the same chunks).
+    let read_like_a_guest = |daemon: &Daemon| {
+        let root = daemon.path(&store_path);
+        let deep = std::fs::read(root.join("share/doc/deep/f2")).unwrap();
+        assert_eq!(
+            deep,
+            std::fs::read(source.join(NAME).join("share/doc/deep/f2")).unwrap()
+        );
+        let etc = std::fs::read(root.join("etc/f3")).unwrap();
+        assert_eq!(
+            etc,
+            std::fs::read(source.join(NAME).join("etc/f3")).unwrap()
+        );
+        let mut head = vec![0; 100 << 10];
+        use std::io::Read;
+        std::fs::File::open(root.join("lib/big.bin"))
+            .unwrap()
+            .read_exact(&mut head)
+            .unwrap();
+        assert_eq!(
+            head[..],
+            std::fs::read(source.join(NAME).join("lib/big.bin")).unwrap()[..100 << 10]
+        );
+    };
+    let mut first = daemon_guessing(&fixture, &first_cache, "vm1", "64M", "none", NO_READAHEAD);
+    read_like_a_guest(&first);
+    assert!(first.stop(), "the daemon did not unmount by itself");
+    let reads_of_the_guest = blob_reads(&fixture);
+    let chunks_read = reads_of_the_guest - 2;
+    assert!(chunks_read >= 1, "big.bin's head: {chunks_read} chunks");
+    assert_eq!(
+        trace_files(&first_cache, "vm1").len(),
+        1,
+        "one store path traced"
+    );
+
+    // Another instance on an empty cache, with that trace: a lookup alone
+    // fetches exactly those files and chunks.
+    copy_traces(&first_cache, "vm1", &second_cache, "vm2");
+    let mut second = daemon_guessing(&fixture, &second_cache, "vm2", "64M", "none", NO_READAHEAD);
+    std::fs::metadata(second.path(&store_path)).unwrap();
+    settle_at(&fixture, 2 * reads_of_the_guest);
+    read_like_a_guest(&second);
+    assert_eq!(
+        blob_reads(&fixture),
+        2 * reads_of_the_guest,
+        "the guest's reads found everything prefetched"
+    );
+    assert!(second.stop(), "the daemon did not unmount by itself");
+
+    // A trace that is not one (a torn or foreign file) is dropped, not
+    // trusted: the third instance fetches nothing ahead.
+    let third_cache = scratch("trace-cache-3");
+    copy_traces(&first_cache, "vm1", &third_cache, "vm3");
+    for file in trace_files(&third_cache, "vm3") {
+        std::fs::write(&file, b"not a trace at all, but long enough for a checksum").unwrap();
+    }
+    let third = daemon_guessing(&fixture, &third_cache, "vm3", "64M", "none", NO_READAHEAD);
+    std::fs::metadata(third.path(&store_path)).unwrap();
+    settle_at(&fixture, 2 * reads_of_the_guest);
+    drop(third);
+}
+
 /// Against a real store: a lookup alone fetches the small files, verified,
 /// and another instance on the same cache then reads them all from disk.
 fn prefetches_from_a_real_store(kind: StoreKind, test: &str) {
@@ -169,6 +331,7 @@ fn prefetches_from_a_real_store(kind: StoreKind, test: &str) {
             ("--instance", instance.into()),
             ("--stats-file", stats.display().to_string()),
             ("--prefetch-bytes", "64M".into()),
+            ("--prefetch-guess", "tree".into()),
         ] {
             args.extend([flag.into(), value]);
         }
@@ -230,4 +393,91 @@ fn prefetches_from_a_real_tvix_store() {
 #[test]
 fn prefetches_from_a_real_snix_store() {
     prefetches_from_a_real_store(StoreKind::Snix, "prefetches_from_a_real_snix_store");
+}
+
+/// Against a real store: an instance records what its guest read, and
+/// another instance on an empty cache, given that trace, fetches those
+/// files on the lookup alone; its guest then reads them without a fetch.
+fn replays_a_trace_from_a_real_store(kind: StoreKind, test: &str) {
+    let source = tree();
+    let store = real_store_or_skip!(kind, test, &[&source]);
+    let name = store.store_path_of(&source.join(NAME));
+    let stats_dir = scratch("real-trace-stats");
+    let mount = |cache: &Path, instance: &str, stats: &Path| {
+        let mut args: Vec<String> = store.protocol_args().map(String::from).to_vec();
+        for (flag, value) in [
+            ("--cache-dir", cache.display().to_string()),
+            ("--instance", instance.into()),
+            ("--stats-file", stats.display().to_string()),
+            ("--prefetch-bytes", "64M".into()),
+            ("--prefetch-guess", "none".into()),
+            ("--readahead-chunks", "0".into()),
+        ] {
+            args.extend([flag.into(), value]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Daemon::mount(&store.address(), &args)
+    };
+    let read = ["etc/f4", "share/doc/deep/f3", "etc/f1"];
+    let read_them = |daemon: &Daemon| {
+        for relative in read {
+            assert!(
+                std::fs::read(daemon.path(&format!("{name}/{relative}"))).unwrap()
+                    == std::fs::read(source.join(NAME).join(relative)).unwrap(),
+                "{kind:?}: {relative}: wrong bytes"
+            );
+        }
+    };
+    let (first_cache, second_cache) = (scratch("real-trace-1"), scratch("real-trace-2"));
+    let mut first = mount(&first_cache, "vm1", &stats_dir.join("first"));
+    read_them(&first);
+    assert!(first.stop(), "the daemon did not unmount by itself");
+    let counters = read_counters(&stats_dir.join("first"));
+    assert_eq!(counters["prefetched_files"], 0, "{kind:?}: {counters:?}");
+    assert!(counters["traces_written"] >= 1, "{kind:?}: {counters:?}");
+
+    copy_traces(&first_cache, "vm1", &second_cache, "vm2");
+    let stats = stats_dir.join("second");
+    let mut second = mount(&second_cache, "vm2", &stats);
+    std::fs::metadata(second.path(&name)).unwrap();
+    let want_bytes: u64 = read
+        .iter()
+        .map(|r| std::fs::metadata(source.join(NAME).join(r)).unwrap().len())
+        .sum();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while read_counters(&stats).get("store_bytes_fetched").copied() != Some(want_bytes) {
+        assert!(
+            Instant::now() < deadline,
+            "{kind:?}: the trace's {want_bytes} bytes were not prefetched: {:?}\n{}",
+            read_counters(&stats),
+            second.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    read_them(&second);
+    assert!(second.stop(), "the daemon did not unmount by itself");
+    let counters = read_counters(&stats);
+    assert_eq!(
+        counters["prefetch_trace_files"],
+        read.len() as u64,
+        "{kind:?}: {counters:?}"
+    );
+    assert_eq!(
+        counters["store_bytes_fetched"], want_bytes,
+        "{kind:?}: the guest's reads fetched again: {counters:?}"
+    );
+    assert_eq!(
+        counters["verification_failures"], 0,
+        "{kind:?}: {counters:?}"
+    );
+}
+
+#[test]
+fn replays_a_trace_from_a_real_tvix_store() {
+    replays_a_trace_from_a_real_store(StoreKind::Tvix, "replays_a_trace_from_a_real_tvix_store");
+}
+
+#[test]
+fn replays_a_trace_from_a_real_snix_store() {
+    replays_a_trace_from_a_real_store(StoreKind::Snix, "replays_a_trace_from_a_real_snix_store");
 }

@@ -125,6 +125,7 @@ impl CachedStore {
         let shared = progress.clone();
         self.stats.store_requests.fetch_add(1, Ordering::Relaxed);
         self.runtime.spawn(async move {
+            let _demand = crate::demand::DEMAND.store_work();
             this.stats.fetches_in_flight.fetch_add(1, Ordering::Relaxed);
             let result = this
                 .stream_chunks(&digest, size, &chunks, window, &shared, &mut claims)

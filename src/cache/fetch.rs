@@ -13,7 +13,7 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 
 use super::objects::ObjectKind;
 use super::readahead::DiskReadahead;
-use super::{buffers, outboard, CachedStore};
+use super::{buffers, outboard, CachedStore, Lane};
 use crate::store::{B3Digest, Chunk, StoreError};
 
 pub type ChunkResult = Result<Bytes, Arc<StoreError>>;
@@ -67,9 +67,16 @@ impl CachedStore {
                 None => wait,
             },
             DiskClaim::Taken(wait) => wait,
-            DiskClaim::NoDisk => self.chunk_fetch(chunk),
+            DiskClaim::NoDisk => self.chunk_fetch(chunk, Lane::Demand),
         };
-        let result = self.runtime.block_on(wait);
+        // Blocked on the store; store work of its own unless the fetch is
+        // the prefetch's, which more prefetching would not speed up.
+        let result = {
+            let _blocked = crate::demand::DEMAND.blocked();
+            let _demand =
+                (!self.being_prefetched(&chunk.digest)).then(|| crate::demand::DEMAND.store_work());
+            self.runtime.block_on(wait)
+        };
         // A chunk read ahead waits in `in_flight` for its reader, outside
         // the memory cache: taken now, and kept as any chunk read.
         if let Ok(data) = &result {
@@ -122,10 +129,11 @@ impl CachedStore {
                 return queued;
             };
             self.stats.readahead_chunks.fetch_add(1, Ordering::Relaxed);
-            let fetch = self.chunk_fetch(chunk);
+            let fetch = self.chunk_fetch(chunk, Lane::Demand);
+            let demand = crate::demand::DEMAND.store_work();
             self.runtime.spawn(async move {
                 let _ = fetch.await;
-                drop(permit);
+                drop((permit, demand));
             });
         }
         chunks.len()
@@ -189,7 +197,7 @@ impl CachedStore {
                 // Not on disk (or the claimer is gone): the first waiter
                 // fetches it from the store for all.
                 _ => {
-                    let fetched = this.fetch_from_store(&chunk).await;
+                    let fetched = this.fetch_from_store(&chunk, Lane::Demand).await;
                     if let Ok(data) = &fetched {
                         this.chunks.insert(chunk.digest, data.clone());
                     }
@@ -227,8 +235,9 @@ impl CachedStore {
 
     /// The one store fetch of `chunk`: joined if already running, else
     /// started. Callers with a disk cache have looked there first
-    /// ([`Self::claim_disk_read`], or [`Self::prefetch`]'s check).
-    pub(super) fn chunk_fetch(self: &Arc<Self>, chunk: &Chunk) -> ChunkFuture {
+    /// ([`Self::claim_disk_read`], or the read-ahead's and the prefetch's
+    /// checks).
+    pub(super) fn chunk_fetch(self: &Arc<Self>, chunk: &Chunk, lane: Lane) -> ChunkFuture {
         let mut in_flight = self.in_flight.lock();
         if let Some(running) = in_flight.get(&chunk.digest) {
             self.stats
@@ -243,7 +252,7 @@ impl CachedStore {
         }
         let this = self.clone();
         let chunk = *chunk;
-        let fetch = async move { this.fetch_into_memory(&chunk).await }
+        let fetch = async move { this.fetch_into_memory(&chunk, lane).await }
             .boxed()
             .shared();
         in_flight.insert(chunk.digest, fetch.clone());
@@ -261,8 +270,8 @@ impl CachedStore {
     /// The body of a fetch in `in_flight`: the chunk from the store into
     /// memory first, then out of `in_flight`, so a reader finds it in one
     /// or the other.
-    async fn fetch_into_memory(&self, chunk: &Chunk) -> ChunkResult {
-        let result = self.fetch_from_store(chunk).await;
+    async fn fetch_into_memory(&self, chunk: &Chunk, lane: Lane) -> ChunkResult {
+        let result = self.fetch_from_store(chunk, lane).await;
         if let Ok(data) = &result {
             self.chunks.insert(chunk.digest, data.clone());
         }
@@ -272,7 +281,7 @@ impl CachedStore {
 
     /// Fetches a chunk from the store, verified, and writes it to disk
     /// behind the reader's back.
-    async fn fetch_from_store(&self, chunk: &Chunk) -> Result<Bytes, StoreError> {
+    async fn fetch_from_store(&self, chunk: &Chunk, lane: Lane) -> Result<Bytes, StoreError> {
         self.stats.store_requests.fetch_add(1, Ordering::Relaxed);
         self.stats.fetches_in_flight.fetch_add(1, Ordering::Relaxed);
         let result = self.receive_chunk(chunk).await;
@@ -282,7 +291,7 @@ impl CachedStore {
                 self.stats
                     .store_bytes_fetched
                     .fetch_add(data.len() as u64, Ordering::Relaxed);
-                self.write_fetched(chunk, &data);
+                self.write_fetched(chunk, &data, lane);
                 Ok(data)
             }
             Err(e) => {
@@ -296,10 +305,10 @@ impl CachedStore {
     /// written: only a random read of part of the chunk from disk needs
     /// one, and that read writes it the first time (one file per fetch
     /// instead of two, for the many chunks that are only ever read whole).
-    fn write_fetched(&self, chunk: &Chunk, data: &Bytes) {
+    fn write_fetched(&self, chunk: &Chunk, data: &Bytes, lane: Lane) {
         if let Some(objects) = self.objects.clone() {
             let (digest, written) = (chunk.digest, data.clone());
-            self.write_behind(written.len(), move || {
+            self.write_behind(lane, written.len(), move || {
                 objects.put(ObjectKind::Chunk, &digest, &written)
             });
         }
@@ -339,7 +348,7 @@ impl CachedStore {
         let wait = async move {
             match delivered.await {
                 Ok(delivered) => delivered,
-                Err(_) => this.fetch_into_memory(&chunk).await,
+                Err(_) => this.fetch_into_memory(&chunk, Lane::Demand).await,
             }
         }
         .boxed()
@@ -356,7 +365,7 @@ impl CachedStore {
     /// cache it would be fetched again. The stream stays within its window
     /// of the reader, which bounds what waits here.
     pub(super) fn deliver_streamed(&self, chunk: &Chunk, data: Bytes, done: StreamDelivery) {
-        self.write_fetched(chunk, &data);
+        self.write_fetched(chunk, &data, Lane::Demand);
         let _ = done.send(Ok(data));
     }
 

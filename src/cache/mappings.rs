@@ -18,6 +18,7 @@ use prost::Message;
 use super::eviction::Eviction;
 use super::files::{locked_temp_file, open_regular};
 use super::objects::{create_dirs, fan_out, DiskCacheError};
+use super::prefetch::trace::{self, TracedFile};
 use super::stats::Stats;
 use crate::proto::castore;
 use crate::store::directory::validate_node;
@@ -30,16 +31,23 @@ pub enum MappingKind {
     PathInfo,
     /// A blob's chunks, named by the blob's digest.
     ChunkList,
+    /// The access trace of a store path, named by the store path's hash.
+    Trace,
 }
 
 impl MappingKind {
-    pub const ALL: [MappingKind; 2] = [MappingKind::PathInfo, MappingKind::ChunkList];
+    pub const ALL: [MappingKind; 3] = [
+        MappingKind::PathInfo,
+        MappingKind::ChunkList,
+        MappingKind::Trace,
+    ];
 
     /// The `kind` label of a verification failure in the metrics.
     pub fn label(self) -> &'static str {
         match self {
             MappingKind::ChunkList => "chunk_list",
             MappingKind::PathInfo => "path_info",
+            MappingKind::Trace => "trace",
         }
     }
 
@@ -47,13 +55,14 @@ impl MappingKind {
         match self {
             MappingKind::PathInfo => "pathinfos",
             MappingKind::ChunkList => "chunklists",
+            MappingKind::Trace => "traces",
         }
     }
 
     /// Bytes of the key the file is named by.
     pub fn key_len(self) -> usize {
         match self {
-            MappingKind::PathInfo => 20,
+            MappingKind::PathInfo | MappingKind::Trace => 20,
             MappingKind::ChunkList => 32,
         }
     }
@@ -65,6 +74,7 @@ impl MappingKind {
             MappingKind::PathInfo => 16 << 10,
             // 40 bytes per chunk.
             MappingKind::ChunkList => 16 << 20,
+            MappingKind::Trace => super::prefetch::trace::MAX_BYTES + B3Digest::LEN as u64,
         }
     }
 }
@@ -200,6 +210,22 @@ impl PrivateMappings {
             digest.as_bytes(),
             &encode_chunk_list(chunks),
         );
+    }
+}
+
+impl PrivateMappings {
+    /// The access trace of the store path whose hash is `hash`, if kept.
+    pub fn trace(&self, hash: &[u8; 20]) -> Option<Vec<TracedFile>> {
+        let payload = self.get(MappingKind::Trace, hash)?;
+        let files = trace::decode(&payload);
+        if files.is_none() {
+            self.reject(MappingKind::Trace, hash);
+        }
+        files
+    }
+
+    pub fn put_trace(&self, hash: &[u8; 20], encoded: &[u8]) {
+        self.put(MappingKind::Trace, hash, encoded);
     }
 }
 

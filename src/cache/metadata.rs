@@ -11,7 +11,7 @@ use bytes::Bytes;
 use prost::Message;
 
 use super::objects::ObjectKind;
-use super::{CachedStore, PathInfoEntry};
+use super::{CachedStore, Lane, PathInfoEntry};
 use crate::proto::castore;
 use crate::store::directory::{check_announced_size, validate_directory};
 use crate::store::{B3Digest, Chunk, DirEntry, Directory, StoreError};
@@ -49,7 +49,8 @@ impl CachedStore {
             .as_ref()
             .and_then(|m| m.path_info(&hash, name))
         {
-            // Looked up by this instance before: prefetched then.
+            // Looked up by this instance before: its trace was replayed
+            // then, and what it fetched is on disk.
             self.path_infos
                 .insert(hash, PathInfoEntry::Found(found.clone()));
             return Ok(Some(found));
@@ -61,11 +62,13 @@ impl CachedStore {
             Some(found) => {
                 if let Some(mappings) = self.mappings.clone() {
                     let entry = found.clone();
-                    self.write_behind(0, move || mappings.put_path_info(&hash, &entry));
+                    self.write_behind(Lane::of_this_thread(), 0, move || {
+                        mappings.put_path_info(&hash, &entry)
+                    });
                 }
                 self.path_infos
                     .insert(hash, PathInfoEntry::Found(found.clone()));
-                self.start_tree_prefetch(&found.node);
+                self.prefetch_store_path(hash, &found.node);
                 Ok(Some(found))
             }
             None => {
@@ -135,7 +138,7 @@ impl CachedStore {
         }
         if let Some(objects) = self.objects.clone() {
             let held = encodings.iter().map(|(_, e)| e.len()).sum();
-            self.write_behind(held, move || {
+            self.write_behind(Lane::of_this_thread(), held, move || {
                 for (digest, encoding) in encodings {
                     objects.put(ObjectKind::Directory, &digest, &encoding);
                 }
@@ -178,7 +181,9 @@ impl CachedStore {
                 let list = self.call(self.client.blob_chunks(digest, size))?;
                 if let Some(mappings) = self.mappings.clone() {
                     let (digest, list) = (*digest, list.clone());
-                    self.write_behind(0, move || mappings.put_chunk_list(&digest, &list));
+                    self.write_behind(Lane::of_this_thread(), 0, move || {
+                        mappings.put_chunk_list(&digest, &list)
+                    });
                 }
                 list
             }

@@ -16,8 +16,9 @@
 //!   missing outboards, whole blobs checked group by group on every read,
 //!   read-ahead distances);
 //! - `readahead`: the thread that reads ahead from disk;
-//! - `tree_prefetch`: the thread that fetches a store path's small files
-//!   ahead when it is first looked up;
+//! - `prefetch`: fetching ahead what the guest is likely to read (its
+//!   access trace, or a guess), on a lane of its own that yields to the
+//!   guest's demand;
 //! - `write_behind`: the thread that writes to disk, with a bounded queue.
 //!
 //! With the store down, everything cached keeps being served.
@@ -32,14 +33,14 @@ pub(crate) mod mappings;
 mod metadata;
 pub(crate) mod objects;
 mod outboard;
+pub mod prefetch;
 mod readahead;
 mod reader;
 mod source;
 pub mod stats;
-mod tree_prefetch;
 mod write_behind;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
@@ -57,11 +58,12 @@ pub use layout::{CacheLayout, InstanceName, LAYOUT};
 use mappings::PrivateMappings;
 pub use mappings::{decode_chunk_list, encode_chunk_list};
 pub use objects::{DiskCacheError, SharedObjects};
+pub use prefetch::PrefetchGuess;
+use prefetch::Prefetcher;
 use readahead::DiskReadahead;
 pub use reader::MAX_IN_MEMORY_BLOB;
-pub use source::{BlobSlot, ContentSource, OpenBlob, ReadError};
+pub use source::{BlobSlot, ContentSource, FileOrigin, OpenBlob, ReadError};
 pub use stats::{Stats, StatsReporter};
-use tree_prefetch::TreePrefetch;
 use write_behind::WriteBehind;
 
 /// How much to keep where.
@@ -81,9 +83,11 @@ pub struct CacheConfig {
     pub readahead_chunks: usize,
     /// Where large unchunked blobs are spooled without a disk cache.
     pub spool_dir: Option<PathBuf>,
-    /// Bytes of small files fetched ahead per store path when this instance
-    /// first looks it up (0: none).
+    /// Bytes fetched ahead per store path at most (0: no prefetch and no
+    /// access trace).
     pub prefetch_bytes: u64,
+    /// What to fetch ahead for a store path without an access trace.
+    pub prefetch_guess: PrefetchGuess,
 }
 
 impl Default for CacheConfig {
@@ -97,6 +101,26 @@ impl Default for CacheConfig {
             readahead_chunks: 32,
             spool_dir: None,
             prefetch_bytes: 0,
+            prefetch_guess: PrefetchGuess::default(),
+        }
+    }
+}
+
+/// Whose work a fetch or a disk write is: a reader's, or the prefetch's
+/// (which yields to a reader's everywhere).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lane {
+    Demand,
+    Prefetch,
+}
+
+impl Lane {
+    /// The lane of work done on the calling thread.
+    fn of_this_thread() -> Self {
+        if prefetch::on_prefetch_lane() {
+            Lane::Prefetch
+        } else {
+            Lane::Demand
         }
     }
 }
@@ -182,10 +206,8 @@ pub struct CachedStore {
     /// The disk writer; `None` without a disk cache or if its thread could
     /// not be started (writes then go through the runtime's blocking pool).
     writer: Option<WriteBehind>,
-    /// Started on the first store path looked up with prefetching on.
-    tree_prefetch: OnceLock<Option<TreePrefetch>>,
-    /// Roots of the store paths prefetched (or being prefetched).
-    prefetched_roots: Mutex<HashSet<B3Digest>>,
+    /// The prefetch: access traces, guesses, and its lane.
+    prefetcher: Prefetcher,
     /// Open blobs by digest and size, so concurrent readers of a large
     /// unchunked file fetch it once.
     blob_slots: Mutex<HashMap<(B3Digest, u64), std::sync::Weak<BlobSlot>>>,
@@ -268,8 +290,7 @@ impl CachedStore {
             in_flight: Mutex::new(HashMap::new()),
             disk_readahead: OnceLock::new(),
             writer,
-            tree_prefetch: OnceLock::new(),
-            prefetched_roots: Mutex::new(HashSet::new()),
+            prefetcher: Prefetcher::default(),
             blob_slots: Mutex::new(HashMap::new()),
             client,
             runtime,
@@ -303,6 +324,14 @@ impl CachedStore {
         fut: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
         self.stats.store_requests.fetch_add(1, Ordering::Relaxed);
+        // A request thread waiting for the store: demand the prefetch
+        // yields to (the prefetch's own calls are not).
+        let _demand = (!prefetch::on_prefetch_lane()).then(|| {
+            (
+                crate::demand::DEMAND.store_work(),
+                crate::demand::DEMAND.blocked(),
+            )
+        });
         let result = self.runtime.block_on(fut);
         if let Err(e) = &result {
             self.count_failure(e);
@@ -335,9 +364,9 @@ impl CachedStore {
     /// from the caller's, and one started from a serving thread would
     /// inherit that thread's narrower seccomp filter.
     /// `held` is the bytes of data `write` keeps alive until it is done.
-    fn write_behind(&self, held: usize, write: impl FnOnce() + Send + 'static) {
+    fn write_behind(&self, lane: Lane, held: usize, write: impl FnOnce() + Send + 'static) {
         match &self.writer {
-            Some(writer) => writer.submit(held, write),
+            Some(writer) => writer.submit(lane, held, write),
             None => drop(self.runtime.spawn(async move {
                 drop(tokio::task::spawn_blocking(write));
             })),
@@ -347,6 +376,7 @@ impl CachedStore {
     /// Waits until the writes queued so far are on disk: called on the way
     /// out, so that what this run fetched is there for the next.
     pub fn finish_writes(&self) {
+        self.save_traces();
         if let Some(writer) = &self.writer {
             writer.flush();
         }

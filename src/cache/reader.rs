@@ -29,7 +29,7 @@ use super::blob_stream;
 use super::objects::ObjectKind;
 use super::outboard::{self, OutboardBuilder, GROUP};
 use super::source::{BlobSlot, ContentSource, OpenBlob, ReadError, StreamState};
-use super::CachedStore;
+use super::{CachedStore, FileOrigin, Lane};
 use crate::store::{B3Digest, Chunk, DirEntry, Directory, StoreError};
 
 /// Blobs (or chunks) up to this size are fetched into memory; larger blobs
@@ -161,7 +161,7 @@ impl CachedStore {
         let leaves = outboard::verified_leaves(digest, size, &outboard)?;
         if let Some(objects) = self.objects.clone() {
             let digest = *digest;
-            self.write_behind(outboard.len(), move || {
+            self.write_behind(Lane::Demand, outboard.len(), move || {
                 objects.put(ObjectKind::Outboard, &digest, &outboard)
             });
         }
@@ -207,7 +207,7 @@ impl CachedStore {
         match self.objects.clone() {
             Some(objects) => {
                 let digest = *digest;
-                self.write_behind(outboard.len(), move || {
+                self.write_behind(Lane::Demand, outboard.len(), move || {
                     objects.put(ObjectKind::Outboard, &digest, &outboard);
                     if let Err(e) = objects.publish_file(ObjectKind::Blob, &digest, temp) {
                         tracing::warn!(blob = %digest, error = %e, "keeping a fetched blob in the disk cache failed");
@@ -423,7 +423,7 @@ impl CachedStore {
     fn write_outboard(&self, chunk: &Chunk, data: &[u8]) {
         if let (Some(objects), Some(outboard)) = (self.objects.clone(), outboard::compute(data)) {
             let digest = chunk.digest;
-            self.write_behind(outboard.len(), move || {
+            self.write_behind(Lane::Demand, outboard.len(), move || {
                 objects.put(ObjectKind::Outboard, &digest, &outboard)
             });
         }
@@ -453,7 +453,8 @@ impl ContentSource for CachedStore {
         CachedStore::directory(self, digest, size)
     }
 
-    fn open_blob(&self, digest: B3Digest, size: u64) -> OpenBlob {
+    fn open_blob(&self, digest: B3Digest, size: u64, origin: Option<&FileOrigin>) -> OpenBlob {
+        let traced_extent = origin.and_then(|o| self.prefetch_file_opened(o, digest, size));
         let mut slots = self.blob_slots.lock();
         let key = (digest, size);
         let slot = match slots.get(&key).and_then(std::sync::Weak::upgrade) {
@@ -465,7 +466,9 @@ impl ContentSource for CachedStore {
                 slot
             }
         };
-        OpenBlob::new(digest, size, slot)
+        let mut blob = OpenBlob::new(digest, size, slot);
+        blob.traced_extent = traced_extent;
+        blob
     }
 
     /// One read of an open blob; a whole blob found changed is dropped
@@ -491,6 +494,9 @@ impl ContentSource for CachedStore {
             return Ok(0);
         }
         let end = blob.size.min(offset.saturating_add(u64::from(count)));
+        if let Some(extent) = &blob.traced_extent {
+            extent.fetch_max(end, Ordering::Relaxed);
+        }
         let sequential = blob.next_offset.swap(end, Ordering::Relaxed) == offset;
         let run = if sequential {
             blob.sequential_reads

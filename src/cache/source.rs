@@ -26,9 +26,10 @@ pub trait ContentSource: Send + Sync {
     /// The Directory `digest`, announced by its parent as `size`.
     fn directory(&self, digest: &B3Digest, size: u64) -> Result<Arc<Directory>, StoreError>;
 
-    /// Opens the file content `digest` of `size` bytes; nothing is fetched
-    /// yet.
-    fn open_blob(&self, digest: B3Digest, size: u64) -> OpenBlob;
+    /// Opens the file content `digest` of `size` bytes, found by the guest
+    /// at `origin` (if known: for the access trace and the prefetch);
+    /// nothing is fetched yet.
+    fn open_blob(&self, digest: B3Digest, size: u64, origin: Option<&FileOrigin>) -> OpenBlob;
 
     /// Writes up to `count` verified bytes at `offset` of `blob` to `out`
     /// and returns how many (0 at or past the end).
@@ -39,6 +40,16 @@ pub trait ContentSource: Send + Sync {
         count: u32,
         out: &mut dyn io::Write,
     ) -> Result<usize, ReadError>;
+}
+
+/// Where the guest found a file it opens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileOrigin {
+    /// The hash part of its store path's name.
+    pub store_path: [u8; 20],
+    /// The Directory holding it (digest, announced size); `None` for a
+    /// store path that is a file.
+    pub directory: Option<(B3Digest, u64)>,
 }
 
 /// Why a read failed: the store or cache (EIO, logged with the digest) or
@@ -71,6 +82,9 @@ pub struct OpenBlob {
     pub(super) sequential_reads: AtomicU32,
     /// Index of the first chunk not yet handed to read-ahead.
     pub(super) readahead_end: AtomicUsize,
+    /// Where the access trace keeps how far into the blob the guest read
+    /// (`None`: not traced).
+    pub(super) traced_extent: Option<Arc<AtomicU64>>,
 }
 
 /// Whether an open blob's chunks come from one stream of the blob.
@@ -94,6 +108,7 @@ impl OpenBlob {
             next_offset: AtomicU64::new(0),
             sequential_reads: AtomicU32::new(0),
             readahead_end: AtomicUsize::new(0),
+            traced_extent: None,
         }
     }
 

@@ -49,7 +49,10 @@ counters! {
     fetches_in_flight: "Gauge: chunk fetches running now.",
     singleflight_joins: "Chunk requests that joined a fetch already running.",
     readahead_chunks: "Chunks fetched ahead of sequential readers.",
-    prefetched_files: "Small files fetched ahead when their store path was first looked up (--prefetch-bytes).",
+    prefetched_files: "Files (or their first chunks) fetched ahead by the prefetch, from a trace or a guess (--prefetch-bytes).",
+    prefetch_trace_files: "Files fetched ahead because this instance's access trace of their store path lists them.",
+    prefetch_pauses: "Times the prefetch waited for the guest's own requests and fetches to finish before its next fetch.",
+    traces_written: "Access traces of store paths written to this instance's mappings.",
 }
 
 /// Counts what a memory cache evicts into [`Stats::memory_evictions`];
@@ -173,7 +176,7 @@ mod tests {
         let text = s.render();
         assert!(text.contains("disk_hits 3\n"));
         assert!(text.contains("fetches_in_flight 0\n"));
-        assert_eq!(text.lines().count(), 22);
+        assert_eq!(text.lines().count(), 25);
     }
 
     #[test]

@@ -11,17 +11,24 @@
 //! (it is served from memory and, later, from the store again). Bursts of
 //! many small writes (a store path's small files prefetched) fit.
 //!
+//! Two lanes: what a reader fetched is written before anything the
+//! prefetch fetched, and prefetch writes may fill only half of either
+//! bound, so they never crowd a reader's data out of the disk cache.
+//!
 //! The thread is started by [`WriteBehind::start`] on the thread that opens
 //! the cache, after the sandbox is entered and before any serving thread
 //! exists: a thread started from a serving thread would inherit its
 //! narrower seccomp filter, which has no file creation.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 use std::sync::Arc;
 use std::thread;
 
+use parking_lot::{Condvar, Mutex};
+
 use super::stats::Stats;
+use super::Lane;
 
 /// Bytes the writes waiting for the thread may hold (their data).
 pub const QUEUE_BYTES: u64 = 64 << 20;
@@ -31,14 +38,27 @@ pub const QUEUE_WRITES: u64 = 16384;
 
 type Job = Box<dyn FnOnce() + Send>;
 
-enum Message {
-    Write(Job),
-    /// Sent back once every write queued before it is done.
-    Flush(SyncSender<()>),
+/// The writes waiting, per lane, and whether the thread is in one.
+#[derive(Default)]
+struct Queues {
+    demand: VecDeque<Job>,
+    prefetch: VecDeque<Job>,
+    running: bool,
+    /// The handle was dropped: the thread ends once the queues are empty.
+    closed: bool,
+}
+
+#[derive(Default)]
+struct Shared {
+    queues: Mutex<Queues>,
+    /// Signalled when a write is queued or the handle is dropped.
+    work: Condvar,
+    /// Signalled when the thread finds both queues empty.
+    drained: Condvar,
 }
 
 pub struct WriteBehind {
-    queue: Sender<Message>,
+    shared: Arc<Shared>,
     /// What the queued writes hold: bytes, and how many there are.
     queued_bytes: Arc<AtomicU64>,
     queued_writes: Arc<AtomicU64>,
@@ -47,25 +67,30 @@ pub struct WriteBehind {
 
 impl WriteBehind {
     /// Starts the writer thread; it ends when this is dropped and the
-    /// queue is empty.
+    /// queues are empty.
     pub fn start(stats: Arc<Stats>) -> std::io::Result<Self> {
-        let (queue, jobs) = channel();
+        let shared = Arc::new(Shared::default());
+        let thread_shared = shared.clone();
         thread::Builder::new()
             .name("disk-writer".into())
-            .spawn(move || run(&jobs))?;
+            .spawn(move || run(&thread_shared))?;
         Ok(Self {
-            queue,
+            shared,
             queued_bytes: Arc::default(),
             queued_writes: Arc::default(),
             stats,
         })
     }
 
-    /// Queues `write`, which holds `bytes` of data until it is done, or
-    /// drops it (counted in `disk_writes_dropped`) if the queue is full or
-    /// the thread is gone.
-    pub fn submit(&self, bytes: usize, write: impl FnOnce() + Send + 'static) {
+    /// Queues `write` in `lane`, which holds `bytes` of data until it is
+    /// done, or drops it (counted in `disk_writes_dropped`) if the queue is
+    /// full for that lane.
+    pub fn submit(&self, lane: Lane, bytes: usize, write: impl FnOnce() + Send + 'static) {
         let bytes = bytes as u64;
+        let (max_bytes, max_writes) = match lane {
+            Lane::Demand => (QUEUE_BYTES, QUEUE_WRITES),
+            Lane::Prefetch => (QUEUE_BYTES / 2, QUEUE_WRITES / 2),
+        };
         let taken_bytes = self.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
         let taken_writes = self.queued_writes.fetch_add(1, Ordering::Relaxed);
         let (queued_bytes, queued_writes) = (self.queued_bytes.clone(), self.queued_writes.clone());
@@ -73,7 +98,7 @@ impl WriteBehind {
             queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
             queued_writes.fetch_sub(1, Ordering::Relaxed);
         };
-        if taken_bytes + bytes > QUEUE_BYTES || taken_writes >= QUEUE_WRITES {
+        if taken_bytes + bytes > max_bytes || taken_writes >= max_writes {
             release();
             let dropped = self
                 .stats
@@ -84,6 +109,7 @@ impl WriteBehind {
                     dropped = dropped + 1,
                     queued_bytes = taken_bytes,
                     queued_writes = taken_writes,
+                    ?lane,
                     "the disk cache's writer is behind; writes dropped (the data stays in memory \
                      and the store)"
                 );
@@ -102,29 +128,53 @@ impl WriteBehind {
                 );
             }
         };
-        if self.queue.send(Message::Write(Box::new(job))).is_err() {
-            self.stats
-                .disk_writes_dropped
-                .fetch_add(1, Ordering::Relaxed);
+        let mut queues = self.shared.queues.lock();
+        match lane {
+            Lane::Demand => queues.demand.push_back(Box::new(job)),
+            Lane::Prefetch => queues.prefetch.push_back(Box::new(job)),
         }
+        drop(queues);
+        self.shared.work.notify_one();
     }
 
     /// Waits until every write queued so far is done (on the way out, so
     /// that a cache filled by this run is complete on disk).
     pub fn flush(&self) {
-        let (done, wait) = sync_channel(1);
-        if self.queue.send(Message::Flush(done)).is_ok() {
-            let _ = wait.recv();
+        let mut queues = self.shared.queues.lock();
+        while queues.running || !queues.demand.is_empty() || !queues.prefetch.is_empty() {
+            self.shared.drained.wait(&mut queues);
         }
     }
 }
 
-fn run(jobs: &Receiver<Message>) {
-    while let Ok(message) = jobs.recv() {
-        match message {
-            Message::Write(write) => write(),
-            Message::Flush(done) => {
-                let _ = done.send(());
+impl Drop for WriteBehind {
+    fn drop(&mut self) {
+        self.shared.queues.lock().closed = true;
+        self.shared.work.notify_one();
+    }
+}
+
+fn run(shared: &Shared) {
+    let mut queues = shared.queues.lock();
+    loop {
+        let next = match queues.demand.pop_front() {
+            Some(job) => Some(job),
+            None => queues.prefetch.pop_front(),
+        };
+        match next {
+            Some(job) => {
+                queues.running = true;
+                drop(queues);
+                job();
+                queues = shared.queues.lock();
+                queues.running = false;
+            }
+            None => {
+                shared.drained.notify_all();
+                if queues.closed {
+                    return;
+                }
+                shared.work.wait(&mut queues);
             }
         }
     }
@@ -134,6 +184,7 @@ fn run(jobs: &Receiver<Message>) {
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
+    use std::sync::mpsc::{sync_channel, SyncSender};
     use std::sync::Mutex;
 
     #[test]
@@ -143,7 +194,7 @@ mod tests {
         let done = Arc::new(Mutex::new(Vec::new()));
         for i in 0..50 {
             let done = done.clone();
-            writer.submit(1000, move || done.lock().unwrap().push(i));
+            writer.submit(Lane::Demand, 1000, move || done.lock().unwrap().push(i));
         }
         writer.flush();
         assert_eq!(*done.lock().unwrap(), (0..50).collect::<Vec<_>>());
@@ -157,7 +208,7 @@ mod tests {
     fn hold(writer: &WriteBehind) -> SyncSender<()> {
         let (release, held) = sync_channel::<()>(0);
         let (started, wait_started) = sync_channel::<()>(0);
-        writer.submit(0, move || {
+        writer.submit(Lane::Demand, 0, move || {
             started.send(()).unwrap();
             held.recv().unwrap();
         });
@@ -171,7 +222,7 @@ mod tests {
         let ran = Arc::new(AtomicUsize::new(0));
         for _ in 0..n {
             let ran = ran.clone();
-            writer.submit(bytes, move || {
+            writer.submit(Lane::Demand, bytes, move || {
                 ran.fetch_add(1, Ordering::Relaxed);
             });
         }
@@ -199,7 +250,7 @@ mod tests {
     fn a_write_that_panics_costs_only_itself() {
         let stats = Arc::new(Stats::default());
         let writer = WriteBehind::start(stats.clone()).unwrap();
-        writer.submit(100, || panic!("a broken write"));
+        writer.submit(Lane::Demand, 100, || panic!("a broken write"));
         let ran = submit_counted(&writer, 3, 100);
         writer.flush();
         assert_eq!(ran.load(Ordering::Relaxed), 3);
@@ -217,5 +268,49 @@ mod tests {
         release.send(()).unwrap();
         writer.flush();
         assert_eq!(ran.load(Ordering::Relaxed) as u64, QUEUE_WRITES - 1);
+    }
+
+    #[test]
+    fn a_readers_writes_go_before_the_prefetchs() {
+        let stats = Arc::new(Stats::default());
+        let writer = WriteBehind::start(stats.clone()).unwrap();
+        let release = hold(&writer);
+        let order = Arc::new(Mutex::new(Vec::new()));
+        for (lane, name) in [
+            (Lane::Prefetch, "p1"),
+            (Lane::Demand, "d1"),
+            (Lane::Prefetch, "p2"),
+            (Lane::Demand, "d2"),
+        ] {
+            let order = order.clone();
+            writer.submit(lane, 10, move || order.lock().unwrap().push(name));
+        }
+        release.send(()).unwrap();
+        writer.flush();
+        assert_eq!(*order.lock().unwrap(), ["d1", "d2", "p1", "p2"]);
+    }
+
+    #[test]
+    fn prefetch_writes_fill_half_the_queue_at_most() {
+        let stats = Arc::new(Stats::default());
+        let writer = WriteBehind::start(stats.clone()).unwrap();
+        let release = hold(&writer);
+        let mib = 1 << 20;
+        let half = QUEUE_BYTES / 2 / mib as u64;
+        let ran = Arc::new(AtomicUsize::new(0));
+        for _ in 0..half + 5 {
+            let ran = ran.clone();
+            writer.submit(Lane::Prefetch, mib, move || {
+                ran.fetch_add(1, Ordering::Relaxed);
+            });
+        }
+        assert_eq!(stats.disk_writes_dropped.load(Ordering::Relaxed), 5);
+        // A reader's writes still find room.
+        let demand = submit_counted(&writer, half, mib);
+        assert_eq!(stats.disk_writes_dropped.load(Ordering::Relaxed), 5);
+        release.send(()).unwrap();
+        writer.flush();
+        assert_eq!(ran.load(Ordering::Relaxed) as u64, half);
+        assert_eq!(demand.load(Ordering::Relaxed) as u64, half);
     }
 }

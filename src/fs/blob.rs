@@ -8,7 +8,7 @@ use std::sync::Arc;
 use fuse_backend_rs::api::filesystem::ZeroCopyWriter;
 
 pub use crate::cache::MAX_IN_MEMORY_BLOB;
-use crate::cache::{ContentSource, OpenBlob, ReadError};
+use crate::cache::{ContentSource, FileOrigin, OpenBlob, ReadError};
 use crate::store::B3Digest;
 
 /// Serves file contents for the filesystem.
@@ -21,9 +21,10 @@ impl BlobReader {
         Self { source }
     }
 
-    /// Opens the blob `digest` of `size` bytes. Nothing is fetched yet.
-    pub fn open(&self, digest: B3Digest, size: u64) -> OpenBlob {
-        self.source.open_blob(digest, size)
+    /// Opens the blob `digest` of `size` bytes, found at `origin`.
+    /// Nothing is fetched yet.
+    pub fn open(&self, digest: B3Digest, size: u64, origin: Option<&FileOrigin>) -> OpenBlob {
+        self.source.open_blob(digest, size, origin)
     }
 
     /// Copies up to `count` bytes at `offset` of `blob` into `w`.

@@ -164,6 +164,31 @@ impl InodeTable {
         Ok(ino)
     }
 
+    /// The store path (its name) that `inode` was found in, and the node
+    /// of the directory holding it (`None` for a store path's root).
+    pub fn origin(&self, inode: u64) -> Option<(Bytes, Option<Node>)> {
+        let t = self.tables.lock();
+        let entry = t.inodes.get(&inode)?;
+        let parent = entry.key.0;
+        let directory = match t.inodes.get(&parent) {
+            Some(InodeEntry {
+                kind: InodeKind::Node(node),
+                ..
+            }) => Some(node.clone()),
+            _ => None,
+        };
+        // Up to the child of the root; a chain longer than the inodes held
+        // would be a cycle, which lookups never make.
+        let mut at = entry;
+        for _ in 0..=t.inodes.len() {
+            if at.key.0 == ROOT_INODE {
+                return Some((at.key.1.clone(), directory));
+            }
+            at = t.inodes.get(&at.key.0)?;
+        }
+        None
+    }
+
     /// Drops `count` lookups of `inode`; frees it when none are left.
     pub fn forget(&self, inode: u64, count: u64) {
         let mut t = self.tables.lock();
@@ -285,5 +310,25 @@ mod tests {
         t.clear();
         assert_eq!(t.len(), 0);
         assert!(t.get(a).is_none());
+    }
+
+    #[test]
+    fn origin_names_the_store_path_and_the_directory() {
+        let t = InodeTable::default();
+        let dir = Node::Directory {
+            digest: B3Digest::of(b"d"),
+            size: 1,
+        };
+        let root = t
+            .lookup(ROOT_INODE, &Bytes::from_static(b"sp"), &dir)
+            .unwrap();
+        let sub = t.lookup(root, &Bytes::from_static(b"sub"), &dir).unwrap();
+        let f = t.lookup(sub, &Bytes::from_static(b"f"), &file(1)).unwrap();
+        assert_eq!(
+            t.origin(f),
+            Some((Bytes::from_static(b"sp"), Some(dir.clone())))
+        );
+        assert_eq!(t.origin(root), Some((Bytes::from_static(b"sp"), None)));
+        assert_eq!(t.origin(12345), None);
     }
 }

@@ -22,7 +22,7 @@ use fuse_backend_rs::api::filesystem::{
 };
 use parking_lot::Mutex;
 
-use crate::cache::{ContentSource, OpenBlob, ReadError};
+use crate::cache::{ContentSource, FileOrigin, OpenBlob, ReadError};
 use crate::store::{store_path, B3Digest, DirEntry, Directory, Node, StoreError};
 use blob::BlobReader;
 pub use blob::MAX_IN_MEMORY_BLOB;
@@ -287,6 +287,19 @@ impl StoreFs {
         }
     }
 
+    /// Where the guest found the file `inode`: its store path and
+    /// directory, if it is still referenced and under a store path name.
+    fn origin(&self, inode: u64) -> Option<FileOrigin> {
+        let (name, directory) = self.inodes.origin(inode)?;
+        Some(FileOrigin {
+            store_path: store_path::parse(&name)?,
+            directory: match directory {
+                Some(Node::Directory { digest, size }) => Some((digest, size)),
+                _ => None,
+            },
+        })
+    }
+
     fn directory_of(&self, kind: &InodeKind) -> io::Result<Arc<Directory>> {
         match kind {
             InodeKind::Node(Node::Directory { digest, size }) => self.directory(digest, *size),
@@ -442,9 +455,11 @@ impl FileSystem for StoreFs {
             InodeKind::Node(Node::Symlink { .. }) => return Err(errno(libc::ELOOP)),
         };
         let handle = self.reserve_handle()?;
-        self.open_files
-            .lock()
-            .insert(handle, Arc::new(self.blobs.open(digest, size)));
+        let origin = self.origin(inode);
+        self.open_files.lock().insert(
+            handle,
+            Arc::new(self.blobs.open(digest, size, origin.as_ref())),
+        );
         let options = match self.config.cache {
             CachePolicy::Never => OpenOptions::DIRECT_IO,
             CachePolicy::Auto => OpenOptions::empty(),

@@ -187,9 +187,23 @@ impl Collector for CacheCollector {
         write(
             &mut encoder,
             "prefetched_files",
-            "Small files fetched ahead when their store path was first looked up.",
+            "Files fetched ahead by the prefetch, from a trace or a guess.",
             None,
             &[(None, Counter(read(&stats.prefetched_files)))],
+        )?;
+        write(
+            &mut encoder,
+            "prefetch_trace_files",
+            "Files fetched ahead because the access trace of their store path lists them.",
+            None,
+            &[(None, Counter(read(&stats.prefetch_trace_files)))],
+        )?;
+        write(
+            &mut encoder,
+            "prefetch_pauses",
+            "Times the prefetch waited for the guest's own requests and fetches.",
+            None,
+            &[(None, Counter(read(&stats.prefetch_pauses)))],
         )
     }
 }

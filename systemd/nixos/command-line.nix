@@ -93,6 +93,8 @@ let
       (toString inst.readaheadChunks)
       "--prefetch-bytes"
       inst.prefetchBytes
+      "--prefetch-guess"
+      inst.prefetchGuess
     ]
     ++ optionals (cfg.cacheDir != null) [
       "--cache-dir"

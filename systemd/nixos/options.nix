@@ -101,6 +101,7 @@ let
         memoryCacheSize = inherited "memoryCacheSize" { };
         readaheadChunks = inherited "readaheadChunks" { };
         prefetchBytes = inherited "prefetchBytes" { };
+        prefetchGuess = inherited "prefetchGuess" { };
         logLevel = inherited "logLevel" { };
         seccomp = inherited "seccomp" { };
         landlock = inherited "landlock" { };
@@ -441,7 +442,18 @@ in
       type = size;
       default = "64M";
       example = "0";
-      description = "Bytes of small files fetched ahead from a store path when it is first looked up (`--prefetch-bytes`; 0: off).";
+      description = "Bytes fetched ahead per store path at most, only while the guest waits for nothing else: its access trace, else the guess (`--prefetch-bytes`; 0: no prefetch and no trace).";
+    };
+
+    prefetchGuess = mkOption {
+      type = types.enum [
+        "directory"
+        "tree"
+        "none"
+      ];
+      default = "directory";
+      example = "tree";
+      description = "What to prefetch of a store path without an access trace (`--prefetch-guess`): a directory's small files once the guest opens a file in it, every small file of the store path when it is looked up, or nothing.";
     };
 
     logLevel = mkOption {

@@ -54,6 +54,7 @@ let
       memoryCacheSize = "1G";
       readaheadChunks = 0;
       prefetchBytes = "0";
+      prefetchGuess = "none";
       logLevel = "debug";
       seccomp = "log";
       landlock = "auto";
@@ -227,6 +228,8 @@ let
         "32"
         "--prefetch-bytes"
         "64M"
+        "--prefetch-guess"
+        "directory"
         "--cache-dir"
         "/var/cache/tvix-virtiofsd"
         "--disk-cache-size"
@@ -282,6 +285,8 @@ let
         "0"
         "--prefetch-bytes"
         "0"
+        "--prefetch-guess"
+        "none"
         "--cache-dir"
         "/var/cache/tvix-virtiofsd"
         "--disk-cache-size"

@@ -1,0 +1,210 @@
+//! The prefetch's lane: one thread that takes jobs in order and turns them
+//! into fetches, each started only when the guest waits for nothing else,
+//! with at most [`PARALLEL`] of them in flight.
+
+use std::cell::Cell;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, Weak};
+use std::thread;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+
+use super::trace::TracedFile;
+use super::SMALL_BLOB;
+use crate::cache::{CachedStore, Lane};
+use crate::demand::DEMAND;
+use crate::store::{B3Digest, Chunk, Node};
+
+/// Prefetch fetches in flight at once: enough to keep a store a few
+/// milliseconds away busy in the guest's idle moments, few enough that a
+/// guest request arriving meanwhile waits behind little.
+pub const PARALLEL: usize = 4;
+/// Jobs waiting for the thread; more are dropped.
+const QUEUE: usize = 64;
+/// How often a paused lane looks whether the guest is idle again.
+const PAUSE_POLL: Duration = Duration::from_millis(1);
+
+thread_local! {
+    static ON_LANE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the calling thread is the prefetch's (its store calls are not
+/// the guest's demand).
+pub(in crate::cache) fn on_prefetch_lane() -> bool {
+    ON_LANE.with(Cell::get)
+}
+
+/// One piece of prefetch work, for one store path.
+pub(super) enum Job {
+    /// The files of an access trace, in its order.
+    Trace {
+        store_path: [u8; 20],
+        files: Vec<TracedFile>,
+    },
+    /// The small files of one directory.
+    Directory {
+        store_path: [u8; 20],
+        digest: B3Digest,
+        size: u64,
+    },
+    /// The small files of a whole store path.
+    Tree {
+        store_path: [u8; 20],
+        digest: B3Digest,
+        size: u64,
+    },
+}
+
+pub(super) struct PrefetchLane {
+    jobs: SyncSender<Job>,
+}
+
+impl PrefetchLane {
+    /// Starts the thread; it ends once the store is dropped.
+    pub fn start(store: Weak<CachedStore>) -> std::io::Result<Self> {
+        let (jobs, queue) = sync_channel(QUEUE);
+        thread::Builder::new()
+            .name("prefetch".into())
+            .spawn(move || run(&store, &queue))?;
+        Ok(Self { jobs })
+    }
+
+    /// Queues `job`; false if the queue is full.
+    pub fn queue(&self, job: Job) -> bool {
+        self.jobs.try_send(job).is_ok()
+    }
+}
+
+fn run(store: &Weak<CachedStore>, jobs: &Receiver<Job>) {
+    ON_LANE.with(|on| on.set(true));
+    let permits = Arc::new(Semaphore::new(PARALLEL));
+    while let Ok(job) = jobs.recv() {
+        let Some(store) = store.upgrade() else {
+            return;
+        };
+        let mut fetcher = Fetcher {
+            store: &store,
+            permits: &permits,
+            files: 0,
+            bytes: 0,
+        };
+        let what = fetcher.run(job);
+        tracing::debug!(
+            what,
+            files = fetcher.files,
+            bytes = fetcher.bytes,
+            "prefetch: job done"
+        );
+    }
+}
+
+/// Starts the fetches of one job.
+struct Fetcher<'a> {
+    store: &'a Arc<CachedStore>,
+    permits: &'a Arc<Semaphore>,
+    files: u64,
+    bytes: u64,
+}
+
+impl Fetcher<'_> {
+    fn run(&mut self, job: Job) -> &'static str {
+        match job {
+            Job::Trace { store_path, files } => {
+                for file in &files {
+                    let chunks = self.store.traced_chunks(file);
+                    let mut fetched = false;
+                    for chunk in chunks {
+                        match self.fetch(&store_path, chunk) {
+                            Some(started) => fetched |= started,
+                            None => return "trace (budget spent)",
+                        }
+                    }
+                    if fetched {
+                        self.store
+                            .stats
+                            .prefetch_trace_files
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                "trace"
+            }
+            Job::Directory {
+                store_path,
+                digest,
+                size,
+            } => {
+                let Ok(directory) = self.store.directory(&digest, size) else {
+                    return "directory (not found)";
+                };
+                for entry in &directory.entries {
+                    if let Node::File { digest, size, .. } = entry.node {
+                        if size > 0 && size <= SMALL_BLOB {
+                            let chunk = Chunk {
+                                digest,
+                                offset: 0,
+                                size,
+                            };
+                            if self.fetch(&store_path, chunk).is_none() {
+                                return "directory (budget spent)";
+                            }
+                        }
+                    }
+                }
+                "directory"
+            }
+            Job::Tree {
+                store_path,
+                digest,
+                size,
+            } => {
+                let store = self.store.clone();
+                store.tree_files(digest, size, |chunk| {
+                    self.fetch(&store_path, chunk).is_some()
+                });
+                "tree"
+            }
+        }
+    }
+
+    /// Starts fetching `chunk` for `store_path` unless it is cached or on
+    /// its way: `Some(true)` if it did, `Some(false)` if there was nothing
+    /// to do, `None` once the store path's budget is spent.
+    fn fetch(&mut self, store_path: &[u8; 20], chunk: Chunk) -> Option<bool> {
+        let store = self.store;
+        if !store.take_budget(store_path, chunk.size) {
+            return None;
+        }
+        if !store.worth_prefetching(&chunk) {
+            return Some(false);
+        }
+        let permit = store
+            .runtime
+            .block_on(self.permits.clone().acquire_owned())
+            .ok()?;
+        // Demand first: wait until the guest waits for nothing else.
+        if !DEMAND.idle() {
+            store.stats.prefetch_pauses.fetch_add(1, Ordering::Relaxed);
+            while !DEMAND.idle() {
+                thread::sleep(PAUSE_POLL);
+            }
+        }
+        // The guest may have asked for it meanwhile.
+        if !store.worth_prefetching(&chunk) {
+            return Some(false);
+        }
+        self.files += 1;
+        self.bytes += chunk.size;
+        store.stats.prefetched_files.fetch_add(1, Ordering::Relaxed);
+        store.prefetcher.fetching.lock().insert(chunk.digest);
+        let fetch = store.chunk_fetch(&chunk, Lane::Prefetch);
+        let done = store.clone();
+        store.runtime.spawn(async move {
+            let _ = fetch.await;
+            done.prefetcher.fetching.lock().remove(&chunk.digest);
+            drop(permit);
+        });
+        Some(true)
+    }
+}
