@@ -32,9 +32,11 @@
 #   TIMEOUT=600       seconds per guest boot (120 with --smoke)
 #   KEEP=1            keep the work dir (target/bench/run.*) with all logs
 #
-# Rows, one guest boot each, with a fresh daemon: ours-tvix (ours, empty
-# --cache-dir, default memory cache), tvix (tvix-store virtiofs), ours-snix,
-# snix (snix-store virtiofs). Per boot, in the guest, timed with
+# Rows, one guest boot each, with a fresh daemon: ours-tvix (ours, default
+# options, an empty --cache-dir), ours-tvix-p0 (the same with
+# --prefetch-bytes 0, against the same store: what the prefetch costs or
+# gains), tvix (tvix-store virtiofs), ours-snix, ours-snix-p0, snix
+# (snix-store virtiofs). Per boot, in the guest, timed with
 # /proc/uptime (10 ms):
 #   find   guest caches dropped; find DIR -type f | xargs stat -c %s over
 #          the flat directory (file count and byte total checked)
@@ -115,10 +117,14 @@ log "tree: $big, $nflat flat files ($find_want), closure ${#closure[@]} store pa
 # ---- the stores: one per daemon, each with the same tree ------------------------------------
 # rows: ours-KIND and KIND (the peer), for every KIND; store NAME.KIND each
 rows=()
-for k in "${kinds[@]}"; do rows+=("ours-$k" "$k"); done
+for k in "${kinds[@]}"; do rows+=("ours-$k" "ours-$k-p0" "$k"); done
 declare -A spath=() store_sock=()
 for r in "${rows[@]}"; do
   k=${r#ours-}
+  if [ "$k" != "${k%-p0}" ]; then  # prefetch off: the store of ours-KIND
+    store_sock[$r]=${store_sock[ours-${k%-p0}]}
+    continue
+  fi
   # bench_start_real_store names everything after its KIND: one store per
   # row through a kind directory of its own
   mkdir -p "$work/$r"
@@ -183,7 +189,8 @@ fail() {
 boot() {  # ROW REP
   local row=$1 rep=$2 id=$work/$1.$2 sock dpid rc addr why w line
   local k=${row#ours-}
-  local -a f
+  local -a f prefetch=()
+  [ "$k" = "${k%-p0}" ] || prefetch=(--prefetch-bytes 0) k=${k%-p0}
   sock=$id.sock
   addr=grpc+unix://${store_sock[$row]}
   rm -f "$sock"
@@ -193,7 +200,7 @@ boot() {  # ROW REP
       [ "$k" = tvix ] || proto=(--store-protocol "$k")
       mkdir -p "$id.cache"
       "$bindir/tvix-virtiofsd" --socket-path "$sock" --store "$addr" "${proto[@]}" \
-        --cache-dir "$id.cache" 2>"$id.daemon.log" & ;;
+        --cache-dir "$id.cache" "${prefetch[@]}" 2>"$id.daemon.log" & ;;
     *)
       local bin=$tvix_bin
       [ "$k" = tvix ] || bin=$snix_bin
@@ -279,6 +286,7 @@ label() {
   case $1 in
     ours-tvix) echo "ours → tvix-store" ;;
     ours-snix) echo "ours → snix-store (\`--store-protocol snix\`)" ;;
+    ours-*-p0) echo "$(label "${1%-p0}"), \`--prefetch-bytes 0\`" ;;
     *) echo "\`$1-store virtiofs\`" ;;
   esac
 }
@@ -331,20 +339,20 @@ report() {
   bench_report_head "## Guest workloads vs tvix-store and snix-store virtiofs" "$repro"
   echo "- Host: $(nproc) CPUs, $cpu; guest accel **${ACCEL^^}**, QEMU $qemu_v, guest kernel $kver, ${SMP:-2} vCPUs, ${MEM:-1G} memory"
   echo "- Stores: every daemon has a store daemon of its own, all holding the same tree on local disk (objectstore+file:// blobs, redb:// directories and path infos), over grpc+unix on the same host: $("$tvix_bin" --version | head -n 1) ($tvix_bin)$([ -z "$snix_bin" ] || echo ", $("$snix_bin" --version | head -n 1) ($snix_bin)"). The tree went in with the stores' own \`import\`, one store path per top-level entry; store files are in the host page cache for every row alike."
-  echo "- Peers: \`tvix-store --otlp=false virtiofs SOCK\`$([ -z "$snix_bin" ] || echo " and \`snix-store --otlp=false virtiofs SOCK\`") with the three service addresses of their store (no other options). Ours: $profile profile, default options (\`--cache always\`, \`--memory-cache-size\` 128M) plus an empty \`--cache-dir\` per boot; against snix-store with \`--store-protocol snix\`."
+  echo "- Peers: \`tvix-store --otlp=false virtiofs SOCK\`$([ -z "$snix_bin" ] || echo " and \`snix-store --otlp=false virtiofs SOCK\`") with the three service addresses of their store (no other options). Ours: $profile profile, default options (\`--cache always\`, \`--memory-cache-size\` 128M) plus an empty \`--cache-dir\` per boot; against snix-store with \`--store-protocol snix\`; the \`--prefetch-bytes 0\` rows read the same store as the default row of their kind."
   echo "- One guest boot per row and repetition, with a fresh daemon; rows interleaved in the order $(join_list "${rows[@]}"); repetitions: $reps. Per boot: find + stat (\`find DIR -type f | xargs stat -c %s\`), a sequential \`dd bs=1M\` of the $big_mib MiB file three times (cold; warm: guest caches dropped, the daemon's own caches kept; then once more without dropping anything), \`tar c\` of the ${#closure[@]} closure store paths \`| wc -c\`. Guest caches dropped before find, cold, warm and tar; timed with /proc/uptime (10 ms)."
   echo "- Every pass checked: file count and byte total of find + stat, dd's record count, the tar length against the host's busybox tar of the same names, and the big file's sha256 once per boot."
   if [ "$smoke" = 0 ] && [ "$nflat $big_mib $nclosure ${closure_mibs[*]}" != "20000 24 3000 8 16 32" ]; then
     echo "- Sizes differ from the defaults (20000 entries, 24 MiB, 3000 closure files plus 8, 16 and 32 MiB): with the defaults one repetition took about 10 min under TCG here (\`tar\` of 155 MiB: 74 s through ours, 104 s through tvix-store virtiofs; find + stat through tvix-store virtiofs: 77 s), so the closure was made smaller to keep the whole run near 20 min."
   fi
   echo
-  echo "Median seconds per pass (MiB/s for reads). Ratios are ours / peer as speed, per repetition (the peer's time / ours, > 1: ours faster); median first, in bold."
+  echo "Median seconds per pass (MiB/s for reads). Ratios are ours / peer as speed, per repetition (the peer's time / ours, > 1: ours faster; \"default / prefetch off\": the prefetch-off time / the default's, < 1: the prefetch costs the guest time); median first, in bold."
   echo
   local k w
   local head="| Workload |" sep="|---|"
   for k in "${kinds[@]}"; do
-    head+=" $(label "ours-$k") | $(label "$k") | ratio ours / $k-store virtiofs |"
-    sep+="---:|---:|---|"
+    head+=" $(label "ours-$k") | $(label "ours-$k-p0") | $(label "$k") | ratio ours / $k-store virtiofs | ratio default / prefetch off |"
+    sep+="---:|---:|---:|---|---|"
   done
   echo "$head"
   echo "$sep"
@@ -352,7 +360,7 @@ report() {
     local line
     line="| $(wlabel "$w") |"
     for k in "${kinds[@]}"; do
-      line+=" $(cell "ours-$k" "$w") | $(cell "$k" "$w") | $(ratio "ours-$k" "$k" "$w") |"
+      line+=" $(cell "ours-$k" "$w") | $(cell "ours-$k-p0" "$w") | $(cell "$k" "$w") | $(ratio "ours-$k" "$k" "$w") | $(ratio "ours-$k" "ours-$k-p0" "$w") |"
     done
     echo "$line"
   done
