@@ -12,7 +12,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::real_store::StoreKind;
+use common::real_store::{RealStore, StoreKind};
 use common::*;
 
 const NAME: &str = "tool-1.0";
@@ -312,6 +312,29 @@ fn an_instance_with_the_trace_of_another_fetches_what_that_guest_read() {
     drop(third);
 }
 
+/// Our daemon on a real store with a prefetch budget of 64M, the instance
+/// `instance` on `cache`, its counters in `stats`, and `extra` flags.
+fn mount_real(
+    store: &RealStore,
+    cache: &Path,
+    instance: &str,
+    stats: &Path,
+    extra: &[&str],
+) -> Daemon {
+    let mut args = vec![
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "--instance",
+        instance,
+        "--stats-file",
+        stats.to_str().unwrap(),
+        "--prefetch-bytes",
+        "64M",
+    ];
+    args.extend(extra);
+    store.mount(&args)
+}
+
 /// Against a real store: a lookup alone fetches the small files, verified,
 /// and another instance on the same cache then reads them all from disk.
 fn prefetches_from_a_real_store(kind: StoreKind, test: &str) {
@@ -325,18 +348,13 @@ fn prefetches_from_a_real_store(kind: StoreKind, test: &str) {
     let small = (ETC.len() + DEEP.len()) as u64;
     let small_bytes = ETC.iter().chain(&DEEP).sum::<usize>() as u64;
     let mount = |instance: &str, stats: &Path| {
-        let mut args: Vec<String> = store.protocol_args().map(String::from).to_vec();
-        for (flag, value) in [
-            ("--cache-dir", cache.display().to_string()),
-            ("--instance", instance.into()),
-            ("--stats-file", stats.display().to_string()),
-            ("--prefetch-bytes", "64M".into()),
-            ("--prefetch-guess", "tree".into()),
-        ] {
-            args.extend([flag.into(), value]);
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Daemon::mount(&store.address(), &args)
+        mount_real(
+            &store,
+            &cache,
+            instance,
+            stats,
+            &["--prefetch-guess", "tree"],
+        )
     };
 
     let first_stats = stats_dir.join("first");
@@ -404,19 +422,13 @@ fn replays_a_trace_from_a_real_store(kind: StoreKind, test: &str) {
     let name = store.store_path_of(&source.join(NAME));
     let stats_dir = scratch("real-trace-stats");
     let mount = |cache: &Path, instance: &str, stats: &Path| {
-        let mut args: Vec<String> = store.protocol_args().map(String::from).to_vec();
-        for (flag, value) in [
-            ("--cache-dir", cache.display().to_string()),
-            ("--instance", instance.into()),
-            ("--stats-file", stats.display().to_string()),
-            ("--prefetch-bytes", "64M".into()),
-            ("--prefetch-guess", "none".into()),
-            ("--readahead-chunks", "0".into()),
-        ] {
-            args.extend([flag.into(), value]);
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Daemon::mount(&store.address(), &args)
+        mount_real(
+            &store,
+            cache,
+            instance,
+            stats,
+            &["--prefetch-guess", "none", "--readahead-chunks", "0"],
+        )
     };
     let read = ["etc/f4", "share/doc/deep/f3", "etc/f1"];
     let read_them = |daemon: &Daemon| {

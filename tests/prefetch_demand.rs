@@ -72,17 +72,18 @@ fn demand_read_during_a_prefetch(kind: StoreKind, test: &str) {
     let read_once = |prefetch: bool| -> (Duration, std::collections::HashMap<String, u64>) {
         let dir = scratch("demand-run");
         let (cache, stats) = (dir.join("cache"), dir.join("stats"));
-        let mut args: Vec<String> = store.protocol_args().map(String::from).to_vec();
-        args.extend(["--cache-dir".into(), cache.display().to_string()]);
-        args.extend(["--stats-file".into(), stats.display().to_string()]);
-        if prefetch {
-            args.extend(["--prefetch-bytes".into(), "64M".into()]);
-            args.extend(["--prefetch-guess".into(), "tree".into()]);
+        let mut args = vec![
+            "--cache-dir",
+            cache.to_str().unwrap(),
+            "--stats-file",
+            stats.to_str().unwrap(),
+        ];
+        args.extend(if prefetch {
+            ["--prefetch-bytes", "64M", "--prefetch-guess", "tree"].as_slice()
         } else {
-            args.extend(["--prefetch-bytes".into(), "0".into()]);
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut daemon = Daemon::mount(&store.address(), &args);
+            ["--prefetch-bytes", "0"].as_slice()
+        });
+        let mut daemon = store.mount(&args);
         std::fs::metadata(daemon.path(&big)).unwrap();
         if prefetch {
             std::fs::metadata(daemon.path(&many)).unwrap();

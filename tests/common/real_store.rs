@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{scratch, terminate};
+use super::{scratch, terminate, Daemon};
 
 /// Which real store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -280,6 +280,14 @@ impl RealStore {
     /// The daemon flags that speak this store's protocol.
     pub fn protocol_args(&self) -> [&'static str; 2] {
         ["--store-protocol", self.kind.protocol()]
+    }
+
+    /// Our daemon, FUSE-mounted on this store in its protocol, with `extra`
+    /// flags.
+    pub fn mount(&self, extra: &[&str]) -> Daemon {
+        let mut args = self.protocol_args().to_vec();
+        args.extend(extra);
+        Daemon::mount(&self.address(), &args)
     }
 
     /// The store path basename the store gave the imported host `path`.
