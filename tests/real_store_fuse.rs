@@ -12,9 +12,7 @@ use common::*;
 fn serves_the_sample_tree_exactly(kind: StoreKind, test: &str) {
     let tree = sample_tree();
     let store = real_store_or_skip!(kind, test, &[&tree]);
-    let mut args = vec!["--list-root"];
-    args.extend(store.protocol_args());
-    let daemon = Daemon::mount(&store.address(), &args);
+    let daemon = store.mount(&["--list-root"]);
 
     let mut listed: Vec<String> = std::fs::read_dir(&daemon.mountpoint)
         .unwrap()
