@@ -415,7 +415,8 @@ fn prefetches_from_a_real_snix_store() {
 
 /// Against a real store: an instance records what its guest read, and
 /// another instance on an empty cache, given that trace, fetches those
-/// files on the lookup alone; its guest then reads them without a fetch.
+/// files on the lookup alone, one store call per file (a file of several
+/// chunks in one stream); its guest then reads them without a fetch.
 fn replays_a_trace_from_a_real_store(kind: StoreKind, test: &str) {
     let source = tree();
     let store = real_store_or_skip!(kind, test, &[&source]);
@@ -430,7 +431,7 @@ fn replays_a_trace_from_a_real_store(kind: StoreKind, test: &str) {
             &["--prefetch-guess", "none", "--readahead-chunks", "0"],
         )
     };
-    let read = ["etc/f4", "share/doc/deep/f3", "etc/f1"];
+    let read = ["etc/f4", "lib/big.bin", "share/doc/deep/f3", "etc/f1"];
     let read_them = |daemon: &Daemon| {
         for relative in read {
             assert!(
@@ -445,6 +446,7 @@ fn replays_a_trace_from_a_real_store(kind: StoreKind, test: &str) {
     read_them(&first);
     assert!(first.stop(), "the daemon did not unmount by itself");
     let counters = read_counters(&stats_dir.join("first"));
+    let first_calls = counters["store_requests"];
     assert_eq!(counters["prefetched_files"], 0, "{kind:?}: {counters:?}");
     assert!(counters["traces_written"] >= 1, "{kind:?}: {counters:?}");
 
@@ -481,6 +483,23 @@ fn replays_a_trace_from_a_real_store(kind: StoreKind, test: &str) {
     assert_eq!(
         counters["verification_failures"], 0,
         "{kind:?}: {counters:?}"
+    );
+    // One store call per traced file: big.bin's chunks (the first guest
+    // read them one by one, with no read-ahead) come in one stream of its
+    // blob, after its chunk list. Besides: the path info and one
+    // recursive Directory call.
+    assert_eq!(
+        counters["store_chunk_list_calls"], 1,
+        "{kind:?}: {counters:?}"
+    );
+    assert_eq!(
+        counters["store_requests"],
+        counters["store_path_info_calls"] + 1 + 1 + read.len() as u64,
+        "{kind:?}: not one call per traced file: {counters:?}"
+    );
+    assert!(
+        first_calls > counters["store_requests"],
+        "{kind:?}: big.bin is one chunk in this store, nothing shows the stream: {first_calls} calls before, {counters:?}"
     );
 }
 

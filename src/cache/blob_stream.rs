@@ -15,6 +15,10 @@
 //! wanders off, and on any failure lets go of its claims: their waiters
 //! then fetch those chunks one by one, as without it, and so does the
 //! reader from then on.
+//!
+//! The prefetch streams the traced part of a chunked blob the same way,
+//! with no reader: the stream is its own reader, claims a window ahead of
+//! itself, and moves each chunk into the memory cache as it is verified.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -26,7 +30,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use super::fetch::{ChunkAssembler, ChunkFuture, StreamDelivery};
-use super::CachedStore;
+use super::{CachedStore, Lane};
 use crate::store::{B3Digest, BlobMessages, Chunk, StoreError};
 
 /// A stream whose reader has not moved on for this long ends: the file is
@@ -53,9 +57,21 @@ struct Progress {
     /// have taken yet: they wait in `in_flight` for it, and are let go
     /// when it lets go of the file.
     delivered: Mutex<VecDeque<(usize, B3Digest, ChunkFuture)>>,
+    /// No reader (the prefetch's): the stream moves `reader_at` itself and
+    /// lets go of each chunk as soon as it is delivered.
+    unattended: bool,
 }
 
 impl Progress {
+    /// Whose work the stream is: a reader's, or the prefetch's.
+    fn lane(&self) -> Lane {
+        if self.unattended {
+            Lane::Prefetch
+        } else {
+            Lane::Demand
+        }
+    }
+
     /// Lets go of the chunks delivered that the reader did not take.
     fn release_delivered(&self, store: &CachedStore) {
         for (_, digest, wait) in self.delivered.lock().drain(..) {
@@ -112,28 +128,66 @@ impl CachedStore {
         window: usize,
         reader_at: usize,
     ) -> BlobStream {
-        let window = window.max(1);
         let progress = Arc::new(Progress {
             reader_at: AtomicUsize::new(reader_at),
             ..Progress::default()
         });
+        drop(self.spawn_stream(digest, size, chunks, window, progress.clone()));
+        BlobStream {
+            progress,
+            store: Arc::downgrade(self),
+        }
+    }
+
+    /// Streams `chunks`, the first chunks of the blob `digest` of `size`
+    /// bytes, for the prefetch, claiming at most `window` of them ahead:
+    /// one store call for what would be one call per chunk. The chunks
+    /// claimed when this returns are the first ones; the task ends once
+    /// the last chunk is in memory (and queued for the disk), or the
+    /// stream failed (its claims then go back, as a reader's do).
+    pub(super) fn prefetch_blob_stream(
+        self: &Arc<Self>,
+        digest: B3Digest,
+        size: u64,
+        chunks: Arc<Vec<Chunk>>,
+        window: usize,
+    ) -> tokio::task::JoinHandle<()> {
+        let progress = Arc::new(Progress {
+            unattended: true,
+            ..Progress::default()
+        });
+        self.spawn_stream(digest, size, chunks, window, progress)
+    }
+
+    /// Claims the chunks within the window of `progress` and spawns the
+    /// stream; a demand stream counts as the guest's store work.
+    fn spawn_stream(
+        self: &Arc<Self>,
+        digest: B3Digest,
+        size: u64,
+        chunks: Arc<Vec<Chunk>>,
+        window: usize,
+        progress: Arc<Progress>,
+    ) -> tokio::task::JoinHandle<()> {
+        let window = window.max(1);
+        let reader_at = progress.reader_at.load(Ordering::Relaxed);
         let mut claims = VecDeque::new();
         for index in 0..chunks.len().min(reader_at + window + 1) {
             claims.push_back((index, self.claim_for_stream(&chunks[index])));
         }
         let this = self.clone();
-        let shared = progress.clone();
         self.stats.store_requests.fetch_add(1, Ordering::Relaxed);
         self.runtime.spawn(async move {
-            let _demand = crate::demand::DEMAND.store_work();
+            let _demand =
+                (progress.lane() == Lane::Demand).then(|| crate::demand::DEMAND.store_work());
             this.stats.fetches_in_flight.fetch_add(1, Ordering::Relaxed);
             let result = this
-                .stream_chunks(&digest, size, &chunks, window, &shared, &mut claims)
+                .stream_chunks(&digest, size, &chunks, window, &progress, &mut claims)
                 .await;
             this.stats.fetches_in_flight.fetch_sub(1, Ordering::Relaxed);
             // Delivered after the reader let go: nobody takes those.
-            if shared.released.load(Ordering::Relaxed) {
-                shared.release_delivered(&this);
+            if progress.released.load(Ordering::Relaxed) {
+                progress.release_delivered(&this);
             }
             // Claims not delivered go back: their waiters fetch them.
             for (index, claim) in claims {
@@ -143,18 +197,14 @@ impl CachedStore {
             }
             match result {
                 Ok(Finished::AtTheEnd) => {}
-                Ok(Finished::Left) => shared.failed.store(true, Ordering::Relaxed),
+                Ok(Finished::Left) => progress.failed.store(true, Ordering::Relaxed),
                 Err(e) => {
-                    shared.failed.store(true, Ordering::Relaxed);
+                    progress.failed.store(true, Ordering::Relaxed);
                     this.count_failure(&e);
                     tracing::warn!(blob = %digest, error = %e, "streaming a blob failed; its chunks are fetched one by one");
                 }
             }
-        });
-        BlobStream {
-            progress,
-            store: Arc::downgrade(self),
-        }
+        })
     }
 
     /// The stream's work: claims the chunks within the window, takes the
@@ -172,6 +222,9 @@ impl CachedStore {
         let mut piece = Bytes::new();
         let mut claimed = claims.len();
         for (index, chunk) in chunks.iter().enumerate() {
+            if progress.unattended {
+                progress.reader_at.store(index, Ordering::Relaxed);
+            }
             // Wait while the reader is a window behind.
             let mut paused = false;
             while index > progress.reader_at.load(Ordering::Relaxed) + window {
@@ -210,11 +263,15 @@ impl CachedStore {
                         if index > progress.reader_at.load(Ordering::Relaxed) {
                             self.stats.readahead_chunks.fetch_add(1, Ordering::Relaxed);
                         }
-                        self.deliver_streamed(chunk, data, done);
-                        progress
-                            .delivered
-                            .lock()
-                            .push_back((index, chunk.digest, wait));
+                        self.deliver_streamed(chunk, data, done, progress.lane());
+                        if progress.unattended {
+                            self.release_streamed(&chunk.digest, &wait);
+                        } else {
+                            progress
+                                .delivered
+                                .lock()
+                                .push_back((index, chunk.digest, wait));
+                        }
                     }
                 }
                 Ok(None) => {}

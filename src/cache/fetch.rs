@@ -364,8 +364,14 @@ impl CachedStore {
     /// cache could drop it before the reader got there, and without a disk
     /// cache it would be fetched again. The stream stays within its window
     /// of the reader, which bounds what waits here.
-    pub(super) fn deliver_streamed(&self, chunk: &Chunk, data: Bytes, done: StreamDelivery) {
-        self.write_fetched(chunk, &data, Lane::Demand);
+    pub(super) fn deliver_streamed(
+        &self,
+        chunk: &Chunk,
+        data: Bytes,
+        done: StreamDelivery,
+        lane: Lane,
+    ) {
+        self.write_fetched(chunk, &data, lane);
         let _ = done.send(Ok(data));
     }
 

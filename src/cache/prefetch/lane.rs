@@ -23,6 +23,12 @@ use crate::store::{B3Digest, Chunk, Node};
 pub const PARALLEL: usize = 4;
 /// Jobs waiting for the thread; more are dropped.
 const QUEUE: usize = 64;
+/// A traced file of this many chunks or more is fetched in one stream of
+/// its blob (one store call) rather than chunk by chunk.
+const STREAM_FROM: usize = 2;
+/// Chunks a prefetch stream claims ahead of itself: a guest read of a
+/// chunk further on fetches it on its own instead of waiting.
+const STREAM_WINDOW: usize = 4;
 /// How often a paused lane looks whether the guest is idle again.
 const PAUSE_POLL: Duration = Duration::from_millis(1);
 
@@ -114,13 +120,14 @@ impl Fetcher<'_> {
             Job::Trace { store_path, files } => {
                 for file in &files {
                     let chunks = self.store.traced_chunks(file);
-                    let mut fetched = false;
-                    for chunk in chunks {
-                        match self.fetch(&store_path, chunk) {
-                            Some(started) => fetched |= started,
-                            None => return "trace (budget spent)",
-                        }
-                    }
+                    let fetched = if chunks.len() >= STREAM_FROM {
+                        self.fetch_streamed(&store_path, file, chunks)
+                    } else {
+                        self.fetch_each(&store_path, chunks)
+                    };
+                    let Some(fetched) = fetched else {
+                        return "trace (budget spent)";
+                    };
                     if fetched {
                         self.store
                             .stats
@@ -168,6 +175,68 @@ impl Fetcher<'_> {
         }
     }
 
+    /// Starts fetching each of `chunks`: as [`Self::fetch`], `Some(true)`
+    /// if it started any.
+    fn fetch_each(&mut self, store_path: &[u8; 20], chunks: Vec<Chunk>) -> Option<bool> {
+        let mut fetched = false;
+        for chunk in chunks {
+            fetched |= self.fetch(store_path, chunk)?;
+        }
+        Some(fetched)
+    }
+
+    /// Starts streaming `chunks`, the traced first chunks of `file`, unless
+    /// fewer than [`STREAM_FROM`] of them are worth fetching (those are
+    /// fetched one by one): as [`Self::fetch`].
+    fn fetch_streamed(
+        &mut self,
+        store_path: &[u8; 20],
+        file: &TracedFile,
+        chunks: Vec<Chunk>,
+    ) -> Option<bool> {
+        let store = self.store;
+        let bytes = chunks.iter().map(|c| c.size).sum();
+        if !store.take_budget(store_path, bytes) {
+            return None;
+        }
+        let missing = || chunks.iter().filter(|c| store.worth_prefetching(c)).count();
+        if missing() < STREAM_FROM {
+            let mut fetched = false;
+            for chunk in chunks.iter().filter(|c| store.worth_prefetching(c)) {
+                fetched |= self.start(*chunk)?;
+            }
+            return Some(fetched);
+        }
+        let permit = self.permit_when_idle()?;
+        if missing() == 0 {
+            return Some(false);
+        }
+        self.files += 1;
+        self.bytes += bytes;
+        store.stats.prefetched_files.fetch_add(1, Ordering::Relaxed);
+        store
+            .prefetcher
+            .fetching
+            .lock()
+            .extend(chunks.iter().map(|c| c.digest));
+        let chunks = Arc::new(chunks);
+        // All of them count as the lane's until the stream ends, also
+        // those further on that the guest may fetch itself meanwhile (the
+        // lane then keeps at most its few fetches in flight, as ever).
+        let stream =
+            store.prefetch_blob_stream(file.digest, file.size, chunks.clone(), STREAM_WINDOW);
+        let done = store.clone();
+        store.runtime.spawn(async move {
+            let _ = stream.await;
+            let mut fetching = done.prefetcher.fetching.lock();
+            for chunk in chunks.iter() {
+                fetching.remove(&chunk.digest);
+            }
+            drop(permit);
+        });
+        Some(true)
+    }
+
     /// Starts fetching `chunk` for `store_path` unless it is cached or on
     /// its way: `Some(true)` if it did, `Some(false)` if there was nothing
     /// to do, `None` once the store path's budget is spent.
@@ -179,17 +248,33 @@ impl Fetcher<'_> {
         if !store.worth_prefetching(&chunk) {
             return Some(false);
         }
-        let permit = store
+        self.start(chunk)
+    }
+
+    /// A permit of the lane, taken once the guest waits for nothing else;
+    /// `None` if the lane is closing.
+    fn permit_when_idle(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let permit = self
+            .store
             .runtime
             .block_on(self.permits.clone().acquire_owned())
             .ok()?;
         // Demand first: wait until the guest waits for nothing else.
         if !DEMAND.idle() {
-            store.stats.prefetch_pauses.fetch_add(1, Ordering::Relaxed);
+            let stats = &self.store.stats;
+            stats.prefetch_pauses.fetch_add(1, Ordering::Relaxed);
             while !DEMAND.idle() {
                 thread::sleep(PAUSE_POLL);
             }
         }
+        Some(permit)
+    }
+
+    /// Starts the fetch of `chunk` once the guest is idle, unless the
+    /// guest asked for it meanwhile: `Some(true)` if it did.
+    fn start(&mut self, chunk: Chunk) -> Option<bool> {
+        let store = self.store;
+        let permit = self.permit_when_idle()?;
         // The guest may have asked for it meanwhile.
         if !store.worth_prefetching(&chunk) {
             return Some(false);
