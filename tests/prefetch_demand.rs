@@ -119,8 +119,9 @@ fn demand_read_during_a_prefetch(kind: StoreKind, test: &str) {
     }
     let (off, on) = (*off.iter().min().unwrap(), *on.iter().min().unwrap());
     eprintln!("{kind:?}: 16 MiB cold read: {off:?} with the prefetch off, {on:?} while it runs");
-    // README "Prefetching": a guest's read while the prefetch runs takes
-    // at most 1.5 times (plus 250 ms) as long as without it.
+    // docs/configuration.md, "Prefetching a store path": a guest's read
+    // while the prefetch runs takes at most 1.5 times (plus 250 ms) as long
+    // as without it.
     assert!(
         on <= off.mul_f64(1.5) + Duration::from_millis(250),
         "{kind:?}: the read took {on:?} during the prefetch, {off:?} without it"

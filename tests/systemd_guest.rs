@@ -1,8 +1,9 @@
 //! The Debian package under a real systemd: QEMU boots a Debian 12 guest
 //! whose PID 1 is systemd (scripts/systemd-guest/), installs the package as
-//! the README says, runs the units against a real tvix-store started as a
-//! unit, then purges the package and runs the README's manual steps. The
-//! guest reports one line per check; every check must be there and pass.
+//! docs/deploying.md says, runs the units against a real tvix-store started
+//! as a unit, then purges the package and runs the manual steps of
+//! docs/deploying.md. The guest reports one line per check; every check
+//! must be there and pass.
 //! TCG unless ACCEL=kvm; a few minutes.
 
 mod common;

@@ -12,7 +12,7 @@
 #
 # The disk image holds, besides the rootfs: the .deb and the binary it
 # contains (as target/debian/ and target/release/ under /root/src, with
-# systemd/ and scripts/debian/common.env), the README's install blocks
+# systemd/ and scripts/debian/common.env), docs/deploying.md's install blocks
 # (marked "<!-- install: package -->" and "<!-- install: manual -->") as
 # install-package.sh and install-manual.sh, and guest/ (the checks and the
 # store unit). Prints the results file (guest/checks.sh: "CHECK name ok|FAIL
@@ -34,13 +34,13 @@ start=$SECONDS
 "$HERE/build-rootfs.sh" "$OUT"
 "$HERE/build-initramfs.sh" "$OUT"
 
-# The README's shell block after a marker line.
-readme_block() {
+# The shell block of docs/deploying.md after a marker line.
+deploying_block() {
   awk -v marker="<!-- install: $1 -->" '
     $0 == marker { found = 1; next }
     found && !body && /^```sh$/ { body = 1; next }
     body && /^```$/ { exit }
-    body { print }' "$REPO/README.md"
+    body { print }' "$REPO/docs/deploying.md"
 }
 
 stage=$(mktemp -d "$OUT/stage.XXXXXX")
@@ -54,8 +54,8 @@ chmod 755 "$src/target/release/tvix-virtiofsd"
 cp -r "$REPO/systemd" "$src/"
 cp "$REPO/scripts/debian/common.env" "$src/scripts/debian/"
 for way in package manual; do
-  readme_block "$way" >"$src/install-$way.sh"
-  [ -s "$src/install-$way.sh" ] || { log "README.md has no '<!-- install: $way -->' block"; exit 1; }
+  deploying_block "$way" >"$src/install-$way.sh"
+  [ -s "$src/install-$way.sh" ] || { log "docs/deploying.md has no '<!-- install: $way -->' block"; exit 1; }
 done
 install -m 0755 "$store_bin" "$stage/usr/local/bin/tvix-store"
 install -D -m 0755 "$HERE/guest/checks.sh" "$stage/usr/local/lib/systemd-guest/checks.sh"

@@ -1,8 +1,8 @@
 #!/bin/bash
 # checks.sh — runs inside the systemd test guest (PID 1 is systemd), from
-# systemd-guest-checks.service. Installs the package the way the README
-# says, checks the units against a real tvix-store, purges the package,
-# then runs the README's manual install steps.
+# systemd-guest-checks.service. Installs the package the way
+# docs/deploying.md says, checks the units against a real tvix-store, purges
+# the package, then runs the manual install steps of docs/deploying.md.
 #
 # One line per check on /dev/ttyS1 (the host's results file):
 #   CHECK <name> ok|FAIL <detail>
