@@ -142,7 +142,7 @@ impl PrivateMappings {
     fn reject(&self, kind: MappingKind, key: &[u8]) {
         let path = self.path(kind, key);
         tracing::error!(path = %path.display(), "private mapping failed its checksum; removed, will ask the store again");
-        crate::metrics::disk_entry_rejected(kind.label());
+        self.stats.rejected.from_disk(kind.label());
         self.stats
             .verification_failures
             .fetch_add(1, Ordering::Relaxed);

@@ -341,8 +341,8 @@ impl CachedStore {
 
     fn count_failure(&self, e: &StoreError) {
         self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
-        crate::metrics::store_rejected(e);
-        if e.is_corruption() {
+        if let Some(kind) = e.rejected_kind() {
+            self.stats.rejected.from_store(kind);
             self.stats
                 .verification_failures
                 .fetch_add(1, Ordering::Relaxed);

@@ -221,7 +221,7 @@ impl SharedObjects {
     pub fn reject(&self, kind: ObjectKind, digest: &B3Digest) {
         let path = self.path(kind, digest);
         tracing::error!(path = %path.display(), "cache object failed verification; removed, will fetch again");
-        crate::metrics::disk_entry_rejected(kind.label());
+        self.stats.rejected.from_disk(kind.label());
         self.stats
             .verification_failures
             .fetch_add(1, Ordering::Relaxed);

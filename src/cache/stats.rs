@@ -14,6 +14,9 @@ macro_rules! counters {
         #[derive(Debug, Default)]
         pub struct Stats {
             $(#[doc = $doc] pub $name: AtomicU64,)*
+            /// The verification failures again, by source and kind (for
+            /// the metrics; not in the stats file).
+            pub rejected: Rejections,
         }
 
         impl Stats {
@@ -53,6 +56,72 @@ counters! {
     prefetch_trace_files: "Files fetched ahead because this instance's access trace of their store path lists them.",
     prefetch_pauses: "Times the prefetch waited for the guest's own requests and fetches to finish before its next fetch.",
     traces_written: "Access traces of store paths written to this instance's mappings.",
+}
+
+/// What the store can send that fails verification (the `kind` label of
+/// [`Rejections`] from the store: [`crate::store::StoreError::rejected_kind`]).
+pub const STORE_KINDS: [&str; 5] = [
+    "directory",
+    "blob_digest",
+    "blob_size",
+    "chunk_list",
+    "path_info",
+];
+/// What can fail verification when it is read back from the disk cache
+/// (the labels of `ObjectKind` and `MappingKind`).
+pub const DISK_KINDS: [&str; 7] = [
+    "chunk",
+    "blob",
+    "directory",
+    "chunk_list",
+    "path_info",
+    "outboard",
+    "trace",
+];
+
+/// Data that failed verification, by where it came from and what it was:
+/// one counter per kind, zeros included (a dashboard shows 0, not "no
+/// data").
+#[derive(Debug, Default)]
+pub struct Rejections {
+    store: [AtomicU64; STORE_KINDS.len()],
+    disk: [AtomicU64; DISK_KINDS.len()],
+}
+
+impl Rejections {
+    /// Counts bad data from the store, of a kind in [`STORE_KINDS`].
+    pub fn from_store(&self, kind: &'static str) {
+        Self::count(&self.store, &STORE_KINDS, kind);
+    }
+
+    /// Counts a disk cache entry that failed its check, of a kind in
+    /// [`DISK_KINDS`].
+    pub fn from_disk(&self, kind: &'static str) {
+        Self::count(&self.disk, &DISK_KINDS, kind);
+    }
+
+    fn count(counters: &[AtomicU64], kinds: &[&str], kind: &str) {
+        match kinds.iter().position(|k| *k == kind) {
+            Some(i) => {
+                counters[i].fetch_add(1, Ordering::Relaxed);
+            }
+            None => debug_assert!(false, "no counter for the kind {kind}"),
+        }
+    }
+
+    /// Every counter: (source, kind, count), the store's first.
+    pub fn each(&self) -> impl Iterator<Item = (&'static str, &'static str, u64)> + '_ {
+        STORE_KINDS
+            .iter()
+            .zip(&self.store)
+            .map(|(kind, n)| ("store", *kind, n.load(Ordering::Relaxed)))
+            .chain(
+                DISK_KINDS
+                    .iter()
+                    .zip(&self.disk)
+                    .map(|(kind, n)| ("disk", *kind, n.load(Ordering::Relaxed))),
+            )
+    }
 }
 
 /// Counts what a memory cache evicts into [`Stats::memory_evictions`];
@@ -177,6 +246,20 @@ mod tests {
         assert!(text.contains("disk_hits 3\n"));
         assert!(text.contains("fetches_in_flight 0\n"));
         assert_eq!(text.lines().count(), 25);
+    }
+
+    #[test]
+    fn rejections_are_counted_by_source_and_kind() {
+        let s = Stats::default();
+        s.rejected.from_store("blob_digest");
+        s.rejected.from_disk("trace");
+        s.rejected.from_disk("trace");
+        let all: Vec<_> = s.rejected.each().collect();
+        assert_eq!(all.len(), STORE_KINDS.len() + DISK_KINDS.len());
+        assert!(all.contains(&("store", "blob_digest", 1)));
+        assert!(all.contains(&("disk", "trace", 2)));
+        assert!(all.contains(&("disk", "chunk", 0)));
+        assert_eq!(all.iter().map(|(_, _, n)| n).sum::<u64>(), 3);
     }
 
     #[test]

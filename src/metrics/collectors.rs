@@ -1,5 +1,6 @@
 //! Metrics read when they are rendered, from counters that live elsewhere:
-//! the cache's [`Stats`](crate::cache::Stats) and memory use, the
+//! the cache's [`Stats`](crate::cache::Stats) (verification failures
+//! included) and memory use, the
 //! filesystem's live inodes, open handles and guest bounds hit, and the
 //! request guard's panics.
 
@@ -204,7 +205,19 @@ impl Collector for CacheCollector {
             "Times the prefetch waited for the guest's own requests and fetches.",
             None,
             &[(None, Counter(read(&stats.prefetch_pauses)))],
-        )
+        )?;
+        let mut metric = encoder.encode_descriptor(
+            "verification_failures",
+            "Data from the store or the disk cache that failed its digest, size or checksum, by \
+             source and kind",
+            None,
+            ConstCounter::new(0u64).metric_type(),
+        )?;
+        for (source, kind, count) in stats.rejected.each() {
+            let labels: [(&str, &str); 2] = [("source", source), ("kind", kind)];
+            Counter(count).encode(metric.encode_family(&labels)?)?;
+        }
+        Ok(())
     }
 }
 

@@ -86,16 +86,10 @@ mod tests {
     fn writes_a_parseable_file_atomically() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.prom");
-        super::super::store_rejected(&crate::store::StoreError::InvalidPathInfo {
-            name: "x".into(),
-            reason: "test".into(),
-        });
         write(&path).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(
-            text.contains(
-                "tvix_virtiofsd_verification_failures_total{source=\"store\",kind=\"path_info\"}"
-            ),
+            text.contains("# TYPE tvix_virtiofsd_store_up gauge"),
             "{text}"
         );
         assert!(!temporary_path(&path).exists());

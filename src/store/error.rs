@@ -91,14 +91,20 @@ impl StoreError {
     /// Whether this error means the store holds bad data (as opposed to
     /// being unreachable or slow).
     pub fn is_corruption(&self) -> bool {
-        matches!(
-            self,
-            Self::InvalidDirectory { .. }
-                | Self::BlobDigestMismatch { .. }
-                | Self::BlobSizeMismatch { .. }
-                | Self::InvalidChunkList { .. }
-                | Self::InvalidPathInfo { .. }
-        )
+        self.rejected_kind().is_some()
+    }
+
+    /// What the store sent that failed verification (the `kind` label of
+    /// the metrics), if this error is about bad data.
+    pub fn rejected_kind(&self) -> Option<&'static str> {
+        Some(match self {
+            Self::InvalidDirectory { .. } => "directory",
+            Self::BlobDigestMismatch { .. } => "blob_digest",
+            Self::BlobSizeMismatch { .. } => "blob_size",
+            Self::InvalidChunkList { .. } => "chunk_list",
+            Self::InvalidPathInfo { .. } => "path_info",
+            _ => return None,
+        })
     }
 }
 
