@@ -22,8 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::files::try_flock;
-use super::mappings::MappingKind;
-use super::objects::{ObjectKind, MAX_DIRECTORY_BYTES};
+use super::layout::{MappingKind, ObjectKind, MAX_CHUNK_BYTES, MAX_DIRECTORY_BYTES};
 use super::stats::Stats;
 
 /// The longest an eviction waits for the lock before it gives up.
@@ -31,8 +30,6 @@ pub const LOCK_WAIT: Duration = Duration::from_millis(100);
 /// A temporary file untouched this long, and unlocked, belongs to a writer
 /// that died.
 const ABANDONED_TEMP_AGE: Duration = Duration::from_secs(3600);
-/// Chunks (and small whole blobs) are never longer than this.
-pub const MAX_CHUNK_BYTES: u64 = 4 << 20;
 
 /// What an eviction pass did.
 #[derive(Debug, PartialEq, Eq)]
@@ -328,7 +325,7 @@ mod tests {
         o.put(ObjectKind::Chunk, &key, &data);
         let chunks = dir.path().join("chunks");
         // A sparse terabyte at another chunk's name, a FIFO, an unknown name.
-        let big = super::super::objects::fan_out(&chunks, B3Digest::of(b"x").as_bytes());
+        let big = super::super::layout::fan_out(&chunks, B3Digest::of(b"x").as_bytes());
         fs::create_dir_all(big.parent().unwrap()).unwrap();
         File::create(&big).unwrap().set_len(1 << 40).unwrap();
         let fifo = chunks.join("ab").join("ab".repeat(32));

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt, Shared};
 
-use super::objects::ObjectKind;
+use super::layout::ObjectKind;
 use super::readahead::DiskReadahead;
 use super::{buffers, outboard, CachedStore, Lane};
 use crate::store::{B3Digest, Chunk, StoreError};

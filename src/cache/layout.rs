@@ -11,7 +11,12 @@
 //! DIR/v2/instances/<NAME>/   private to the daemon run with --instance NAME
 //!     pathinfos/ab/<hash>    store path -> root node
 //!     chunklists/ab/<digest> blob -> chunks
+//!     traces/ab/<hash>       store path -> the files its guest opened
 //! ```
+//!
+//! The kinds of file ([`ObjectKind`], [`MappingKind`]) and their bounds
+//! live here, with the directory helpers, so that the objects, the
+//! mappings and the eviction that scans both all read one description.
 //!
 //! Objects are named by the BLAKE3 digest of their content, so a reader
 //! can check every byte against its name: anyone may write them. Mappings
@@ -20,10 +25,139 @@
 //! out. Without `--instance` mappings stay in memory only. Layout `v1`
 //! (mappings shared with every daemon) is never read.
 
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
+
+use crate::store::B3Digest;
 
 /// The on-disk layout version: a new layout gets a new directory.
 pub const LAYOUT: &str = "v2";
+
+/// Chunks (and small whole blobs) are never longer than this.
+pub const MAX_CHUNK_BYTES: u64 = 4 << 20;
+/// The largest Directory encoding the store client accepts.
+pub const MAX_DIRECTORY_BYTES: u64 = 16 << 20;
+
+/// What kind of object, which decides its directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ObjectKind {
+    /// A blob chunk or a small whole blob.
+    Chunk,
+    /// A large blob without finer chunking.
+    Blob,
+    /// A Directory's canonical encoding.
+    Directory,
+    /// The group chaining values of a chunk or blob (see `outboard.rs`).
+    Outboard,
+}
+
+impl ObjectKind {
+    pub const ALL: [ObjectKind; 4] = [
+        ObjectKind::Chunk,
+        ObjectKind::Blob,
+        ObjectKind::Directory,
+        ObjectKind::Outboard,
+    ];
+
+    /// The `kind` label of a verification failure in the metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            ObjectKind::Chunk => "chunk",
+            ObjectKind::Blob => "blob",
+            ObjectKind::Directory => "directory",
+            ObjectKind::Outboard => "outboard",
+        }
+    }
+
+    pub fn dir(self) -> &'static str {
+        match self {
+            ObjectKind::Chunk => "chunks",
+            ObjectKind::Blob => "blobs",
+            ObjectKind::Directory => "directories",
+            ObjectKind::Outboard => "outboards",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiskCacheError {
+    #[error("cache directory {path}: {source}")]
+    Setup { path: PathBuf, source: io::Error },
+}
+
+/// Creates `dir` and its `subdirs`.
+pub(super) fn create_dirs<'a>(
+    dir: &Path,
+    subdirs: impl IntoIterator<Item = &'a str>,
+) -> Result<(), DiskCacheError> {
+    for sub in subdirs {
+        let path = dir.join(sub);
+        fs::create_dir_all(&path).map_err(|source| DiskCacheError::Setup { path, source })?;
+    }
+    Ok(())
+}
+
+/// `<dir>/<first two hex digits>/<hex key>`.
+pub(super) fn fan_out(dir: &Path, key: &[u8]) -> PathBuf {
+    let name = data_encoding::HEXLOWER.encode(key);
+    dir.join(&name[..2]).join(name)
+}
+
+/// Which mapping, which decides its directory and its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MappingKind {
+    /// A store path's root node, named by the store path's hash.
+    PathInfo,
+    /// A blob's chunks, named by the blob's digest.
+    ChunkList,
+    /// The access trace of a store path, named by the store path's hash.
+    Trace,
+}
+
+impl MappingKind {
+    pub const ALL: [MappingKind; 3] = [
+        MappingKind::PathInfo,
+        MappingKind::ChunkList,
+        MappingKind::Trace,
+    ];
+
+    /// The `kind` label of a verification failure in the metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            MappingKind::ChunkList => "chunk_list",
+            MappingKind::PathInfo => "path_info",
+            MappingKind::Trace => "trace",
+        }
+    }
+
+    pub fn dir(self) -> &'static str {
+        match self {
+            MappingKind::PathInfo => "pathinfos",
+            MappingKind::ChunkList => "chunklists",
+            MappingKind::Trace => "traces",
+        }
+    }
+
+    /// Bytes of the key the file is named by.
+    pub fn key_len(self) -> usize {
+        match self {
+            MappingKind::PathInfo | MappingKind::Trace => 20,
+            MappingKind::ChunkList => 32,
+        }
+    }
+
+    /// The longest file of this kind (checksum included).
+    pub fn max_bytes(self) -> u64 {
+        match self {
+            // A node: name, digest, size, or a symlink target < 4 KiB.
+            MappingKind::PathInfo => 16 << 10,
+            // 40 bytes per chunk.
+            MappingKind::ChunkList => 16 << 20,
+            MappingKind::Trace => super::prefetch::trace::MAX_BYTES + B3Digest::LEN as u64,
+        }
+    }
+}
 
 /// The longest instance name (systemd's escaped `%i` of a VM name).
 const MAX_INSTANCE_NAME: usize = 200;

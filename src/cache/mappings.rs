@@ -17,67 +17,12 @@ use prost::Message;
 
 use super::eviction::Eviction;
 use super::files::{locked_temp_file, open_regular};
-use super::objects::{create_dirs, fan_out, DiskCacheError};
+use super::layout::{create_dirs, fan_out, DiskCacheError, MappingKind};
 use super::prefetch::trace::{self, TracedFile};
 use super::stats::Stats;
 use crate::proto::castore;
 use crate::store::directory::validate_node;
 use crate::store::{B3Digest, Chunk, DirEntry};
-
-/// Which mapping, which decides its directory and its key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MappingKind {
-    /// A store path's root node, named by the store path's hash.
-    PathInfo,
-    /// A blob's chunks, named by the blob's digest.
-    ChunkList,
-    /// The access trace of a store path, named by the store path's hash.
-    Trace,
-}
-
-impl MappingKind {
-    pub const ALL: [MappingKind; 3] = [
-        MappingKind::PathInfo,
-        MappingKind::ChunkList,
-        MappingKind::Trace,
-    ];
-
-    /// The `kind` label of a verification failure in the metrics.
-    pub fn label(self) -> &'static str {
-        match self {
-            MappingKind::ChunkList => "chunk_list",
-            MappingKind::PathInfo => "path_info",
-            MappingKind::Trace => "trace",
-        }
-    }
-
-    pub fn dir(self) -> &'static str {
-        match self {
-            MappingKind::PathInfo => "pathinfos",
-            MappingKind::ChunkList => "chunklists",
-            MappingKind::Trace => "traces",
-        }
-    }
-
-    /// Bytes of the key the file is named by.
-    pub fn key_len(self) -> usize {
-        match self {
-            MappingKind::PathInfo | MappingKind::Trace => 20,
-            MappingKind::ChunkList => 32,
-        }
-    }
-
-    /// The longest file of this kind (checksum included).
-    pub fn max_bytes(self) -> u64 {
-        match self {
-            // A node: name, digest, size, or a symlink target < 4 KiB.
-            MappingKind::PathInfo => 16 << 10,
-            // 40 bytes per chunk.
-            MappingKind::ChunkList => 16 << 20,
-            MappingKind::Trace => super::prefetch::trace::MAX_BYTES + B3Digest::LEN as u64,
-        }
-    }
-}
 
 /// One instance's mappings on disk.
 pub struct PrivateMappings {

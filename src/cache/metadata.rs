@@ -10,7 +10,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use prost::Message;
 
-use super::objects::ObjectKind;
+use super::layout::ObjectKind;
 use super::{CachedStore, Lane, PathInfoEntry};
 use crate::proto::castore;
 use crate::store::directory::{check_announced_size, validate_directory};

@@ -19,79 +19,12 @@ use bytes::Bytes;
 
 use super::eviction::Eviction;
 use super::files::{locked_temp_file, open_regular};
+use super::layout::{create_dirs, fan_out, DiskCacheError, ObjectKind, MAX_DIRECTORY_BYTES};
 use super::stats::Stats;
 use crate::store::B3Digest;
 
 /// Hits refresh a file's modification time at most this often.
 const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
-/// The largest Directory encoding the store client accepts.
-pub const MAX_DIRECTORY_BYTES: u64 = 16 << 20;
-
-/// What kind of object, which decides its directory.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ObjectKind {
-    /// A blob chunk or a small whole blob.
-    Chunk,
-    /// A large blob without finer chunking.
-    Blob,
-    /// A Directory's canonical encoding.
-    Directory,
-    /// The group chaining values of a chunk or blob (see `outboard.rs`).
-    Outboard,
-}
-
-impl ObjectKind {
-    pub const ALL: [ObjectKind; 4] = [
-        ObjectKind::Chunk,
-        ObjectKind::Blob,
-        ObjectKind::Directory,
-        ObjectKind::Outboard,
-    ];
-
-    /// The `kind` label of a verification failure in the metrics.
-    pub fn label(self) -> &'static str {
-        match self {
-            ObjectKind::Chunk => "chunk",
-            ObjectKind::Blob => "blob",
-            ObjectKind::Directory => "directory",
-            ObjectKind::Outboard => "outboard",
-        }
-    }
-
-    pub fn dir(self) -> &'static str {
-        match self {
-            ObjectKind::Chunk => "chunks",
-            ObjectKind::Blob => "blobs",
-            ObjectKind::Directory => "directories",
-            ObjectKind::Outboard => "outboards",
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum DiskCacheError {
-    #[error("cache directory {path}: {source}")]
-    Setup { path: PathBuf, source: io::Error },
-}
-
-/// Creates `dir` and its `subdirs`.
-pub(super) fn create_dirs<'a>(
-    dir: &Path,
-    subdirs: impl IntoIterator<Item = &'a str>,
-) -> Result<(), DiskCacheError> {
-    for sub in subdirs {
-        let path = dir.join(sub);
-        fs::create_dir_all(&path).map_err(|source| DiskCacheError::Setup { path, source })?;
-    }
-    Ok(())
-}
-
-/// `<dir>/<first two hex digits>/<hex key>`.
-pub(super) fn fan_out(dir: &Path, key: &[u8]) -> PathBuf {
-    let name = data_encoding::HEXLOWER.encode(key);
-    dir.join(&name[..2]).join(name)
-}
-
 /// The shared objects as one daemon sees them.
 pub struct SharedObjects {
     root: PathBuf,

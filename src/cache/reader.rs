@@ -26,7 +26,7 @@ use std::sync::Arc;
 use blake3::hazmat::ChainingValue;
 
 use super::blob_stream;
-use super::objects::ObjectKind;
+use super::layout::ObjectKind;
 use super::outboard::{self, OutboardBuilder, GROUP};
 use super::source::{BlobSlot, ContentSource, OpenBlob, ReadError, StreamState};
 use super::{CachedStore, FileOrigin, Lane};
@@ -34,7 +34,7 @@ use crate::store::{B3Digest, Chunk, DirEntry, Directory, StoreError};
 
 /// Blobs (or chunks) up to this size are fetched into memory; larger blobs
 /// without finer chunking go to a file instead.
-pub const MAX_IN_MEMORY_BLOB: u64 = super::eviction::MAX_CHUNK_BYTES;
+pub const MAX_IN_MEMORY_BLOB: u64 = super::layout::MAX_CHUNK_BYTES;
 /// Blobs up to this size are read whole without asking for their chunks
 /// (one chunk of a content-defined chunker is about this large anyway).
 pub(super) const SMALL_BLOB: u64 = 256 << 10;
