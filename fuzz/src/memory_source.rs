@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tvix_virtiofsd::cache::{BlobSlot, ContentSource, FileOrigin, OpenBlob, ReadError};
+use tvix_virtiofsd::cache::{ContentSource, FileOrigin, OpenBlob, ReadError};
 use tvix_virtiofsd::proto::{castore, store};
 use tvix_virtiofsd::store::answers::path_info_entry;
 use tvix_virtiofsd::store::directory::{directory_digest, validate_directory, validate_node};
@@ -119,7 +119,7 @@ impl ContentSource for MemorySource {
     }
 
     fn open_blob(&self, digest: B3Digest, size: u64, _origin: Option<&FileOrigin>) -> OpenBlob {
-        OpenBlob::new(digest, size, Arc::new(BlobSlot::default()))
+        OpenBlob::new(digest, size, ())
     }
 
     fn read(

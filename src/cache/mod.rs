@@ -63,7 +63,7 @@ pub use prefetch::PrefetchGuess;
 use prefetch::Prefetcher;
 use readahead::DiskReadahead;
 pub use reader::MAX_IN_MEMORY_BLOB;
-pub use source::{BlobSlot, ContentSource, FileOrigin, OpenBlob, ReadError};
+pub use source::{ContentSource, FileOrigin, OpenBlob, ReadError};
 pub use stats::{Stats, StatsReporter};
 use write_behind::WriteBehind;
 
@@ -211,7 +211,7 @@ pub struct CachedStore {
     prefetcher: Prefetcher,
     /// Open blobs by digest and size, so concurrent readers of a large
     /// unchunked file fetch it once.
-    blob_slots: Mutex<HashMap<(B3Digest, u64), std::sync::Weak<BlobSlot>>>,
+    blob_slots: Mutex<HashMap<(B3Digest, u64), std::sync::Weak<reader::BlobSlot>>>,
     /// Itself, for the fetches it hands to the runtime.
     this: std::sync::Weak<CachedStore>,
 }

@@ -20,15 +20,16 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use blake3::hazmat::ChainingValue;
+use parking_lot::Mutex;
 
 use super::blob_stream;
 use super::layout::ObjectKind;
 use super::outboard::{self, OutboardBuilder, GROUP};
-use super::source::{BlobSlot, ContentSource, OpenBlob, ReadError, StreamState};
+use super::source::{ContentSource, OpenBlob, ReadError};
 use super::{CachedStore, FileOrigin, Lane};
 use crate::store::{B3Digest, Chunk, DirEntry, Directory, StoreError};
 
@@ -43,6 +44,44 @@ pub(super) const SMALL_BLOB: u64 = 256 << 10;
 const DISK_READAHEAD: usize = 8;
 /// Bytes of a whole blob read and verified at once (bounds the buffer).
 const WHOLE_BLOB_PIECE: u64 = 64 * GROUP;
+
+/// What the read policy keeps per open handle, behind the filesystem's
+/// opaque [`OpenBlob`]: where the last read ended, how many reads in a row
+/// were sequential (to size the read-ahead), how far read-ahead got, and
+/// the blob's slot, shared by its handles.
+pub(super) struct ReadState {
+    digest: B3Digest,
+    size: u64,
+    slot: Arc<BlobSlot>,
+    next_offset: AtomicU64,
+    sequential_reads: AtomicU32,
+    /// Index of the first chunk not yet handed to read-ahead.
+    readahead_end: AtomicUsize,
+    /// Where the access trace keeps how far into the blob the guest read
+    /// (`None`: not traced).
+    traced_extent: Option<Arc<AtomicU64>>,
+}
+
+/// What the read policy keeps per blob, shared by its open handles, so
+/// that concurrent readers of a large unchunked file fetch it once.
+#[derive(Default)]
+pub(super) struct BlobSlot {
+    source: Mutex<Option<Arc<BlobSource>>>,
+    /// The one stream of the whole blob for its sequential readers (see
+    /// `blob_stream.rs`), once tried; it ends when the last handle closes.
+    stream: Mutex<StreamState>,
+}
+
+/// Whether an open blob's chunks come from one stream of the blob.
+#[derive(Default)]
+enum StreamState {
+    /// Not tried yet.
+    #[default]
+    Untried,
+    Running(blob_stream::BlobStream),
+    /// Tried, or not worth it: read ahead chunk by chunk.
+    Off,
+}
 
 /// How the bytes of one blob are obtained once it has been opened.
 pub(super) enum BlobSource {
@@ -80,7 +119,7 @@ impl CachedStore {
     }
 
     /// The source of an open blob, set up on first read and shared after.
-    fn source(&self, blob: &OpenBlob) -> Result<Arc<BlobSource>, StoreError> {
+    fn source(&self, blob: &ReadState) -> Result<Arc<BlobSource>, StoreError> {
         let mut source = blob.slot.source.lock();
         if let Some(s) = source.as_ref() {
             return Ok(s.clone());
@@ -231,7 +270,7 @@ impl CachedStore {
     /// Bytes `offset..end` of a whole blob, each group checked.
     fn read_whole(
         &self,
-        blob: &OpenBlob,
+        blob: &ReadState,
         whole: &WholeBlob,
         offset: u64,
         end: u64,
@@ -267,7 +306,7 @@ impl CachedStore {
     /// The read of a chunked (or small) blob, with read-ahead.
     fn read_chunks(
         &self,
-        blob: &OpenBlob,
+        blob: &ReadState,
         chunks: &Arc<Vec<Chunk>>,
         offset: u64,
         end: u64,
@@ -342,7 +381,7 @@ impl CachedStore {
     /// reads ahead chunk by chunk instead (no stream, or it ended early).
     fn read_ahead_by_stream(
         &self,
-        blob: &OpenBlob,
+        blob: &ReadState,
         chunks: &Arc<Vec<Chunk>>,
         first: usize,
         last: usize,
@@ -466,20 +505,30 @@ impl ContentSource for CachedStore {
                 slot
             }
         };
-        let mut blob = OpenBlob::new(digest, size, slot);
-        blob.traced_extent = traced_extent;
-        blob
+        let state = ReadState {
+            digest,
+            size,
+            slot,
+            next_offset: AtomicU64::new(0),
+            sequential_reads: AtomicU32::new(0),
+            readahead_end: AtomicUsize::new(0),
+            traced_extent,
+        };
+        OpenBlob::new(digest, size, state)
     }
 
     /// One read of an open blob; a whole blob found changed is dropped
     /// (and removed from disk) and read once more from a fresh copy.
     fn read(
         &self,
-        blob: &OpenBlob,
+        handle: &OpenBlob,
         offset: u64,
         count: u32,
         out: &mut dyn Write,
     ) -> Result<usize, ReadError> {
+        let blob = handle
+            .state::<ReadState>()
+            .ok_or(ReadError::ForeignHandle)?;
         if blob.size == 0 {
             if blob.digest != B3Digest::of(b"") {
                 return Err(ReadError::Store(Arc::new(StoreError::BlobSizeMismatch {

@@ -5,11 +5,9 @@
 //!
 //! [`CachedStore`]: super::CachedStore
 
+use std::any::Any;
 use std::io;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize};
 use std::sync::Arc;
-
-use parking_lot::Mutex;
 
 use crate::store::{B3Digest, DirEntry, Directory, StoreError};
 
@@ -60,55 +58,29 @@ pub enum ReadError {
     Store(Arc<StoreError>),
     #[error("copying to the guest: {0}")]
     Guest(io::Error),
+    /// A handle that another implementation opened (a bug of the caller).
+    #[error("the handle was not opened by this content source")]
+    ForeignHandle,
 }
 
-/// What an implementation keeps per blob, shared by its open handles.
-#[derive(Default)]
-pub struct BlobSlot {
-    pub(super) source: Mutex<Option<Arc<super::reader::BlobSource>>>,
-    /// The one stream of the whole blob for its sequential readers (see
-    /// `blob_stream.rs`), once tried; it ends when the last handle closes.
-    pub(super) stream: Mutex<StreamState>,
-}
-
-/// An open file: which blob, how long, its shared slot, and where the last
-/// read ended, how many reads in a row were sequential (to size the
-/// read-ahead) and how far read-ahead got.
+/// An open file as the filesystem holds it: which blob, how long, and the
+/// implementation's own read state, which the filesystem never looks
+/// into (read-ahead, streams and the access trace are the source's
+/// business).
 pub struct OpenBlob {
-    pub(super) digest: B3Digest,
-    pub(super) size: u64,
-    pub(super) slot: Arc<BlobSlot>,
-    pub(super) next_offset: AtomicU64,
-    pub(super) sequential_reads: AtomicU32,
-    /// Index of the first chunk not yet handed to read-ahead.
-    pub(super) readahead_end: AtomicUsize,
-    /// Where the access trace keeps how far into the blob the guest read
-    /// (`None`: not traced).
-    pub(super) traced_extent: Option<Arc<AtomicU64>>,
-}
-
-/// Whether an open blob's chunks come from one stream of the blob.
-#[derive(Default)]
-pub(super) enum StreamState {
-    /// Not tried yet.
-    #[default]
-    Untried,
-    Running(super::blob_stream::BlobStream),
-    /// Tried, or not worth it: read ahead chunk by chunk.
-    Off,
+    digest: B3Digest,
+    size: u64,
+    state: Box<dyn Any + Send + Sync>,
 }
 
 impl OpenBlob {
-    /// A handle on `slot` (an implementation's own per-blob state).
-    pub fn new(digest: B3Digest, size: u64, slot: Arc<BlobSlot>) -> Self {
+    /// A handle on the blob `digest` of `size` bytes, with the
+    /// implementation's `state` for its reads.
+    pub fn new(digest: B3Digest, size: u64, state: impl Any + Send + Sync) -> Self {
         Self {
             digest,
             size,
-            slot,
-            next_offset: AtomicU64::new(0),
-            sequential_reads: AtomicU32::new(0),
-            readahead_end: AtomicUsize::new(0),
-            traced_extent: None,
+            state: Box::new(state),
         }
     }
 
@@ -118,5 +90,11 @@ impl OpenBlob {
 
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    /// The read state, if this handle's is a `T` (it is, when the handle
+    /// came from the same implementation).
+    pub fn state<T: Any>(&self) -> Option<&T> {
+        self.state.downcast_ref()
     }
 }

@@ -3,7 +3,6 @@
 //! implements fuse-backend-rs's `FileSystem` and knows nothing about the
 //! transport (virtqueues or /dev/fuse) that carries its requests.
 
-mod blob;
 mod inode;
 mod limits;
 mod root_listing;
@@ -24,8 +23,6 @@ use parking_lot::Mutex;
 
 use crate::cache::{ContentSource, FileOrigin, OpenBlob, ReadError};
 use crate::store::{store_path, B3Digest, DirEntry, Directory, Node, StoreError};
-use blob::BlobReader;
-pub use blob::MAX_IN_MEMORY_BLOB;
 pub use inode::{InodeKind, ROOT_INODE};
 use inode::{InodeTable, Refused};
 pub use limits::{GuestLimits, LimitCounters, MAX_READ_SIZE};
@@ -116,7 +113,6 @@ pub struct StoreFs {
     config: FsConfig,
     store: Arc<dyn ContentSource>,
     inodes: InodeTable,
-    blobs: BlobReader,
     next_handle: AtomicU64,
     open_files: Mutex<HashMap<u64, Arc<OpenBlob>>>,
     open_dirs: Mutex<HashMap<u64, Arc<DirListing>>>,
@@ -145,7 +141,6 @@ impl StoreFs {
     /// called from threads outside the store client's async runtime.
     pub fn new(config: FsConfig, store: Arc<dyn ContentSource>) -> Self {
         Self {
-            blobs: BlobReader::new(store.clone()),
             store,
             inodes: InodeTable::with_limit(config.limits.max_inodes),
             root_listing: RootListing::new(config.limits.root_listing_ttl),
@@ -458,7 +453,7 @@ impl FileSystem for StoreFs {
         let origin = self.origin(inode);
         self.open_files.lock().insert(
             handle,
-            Arc::new(self.blobs.open(digest, size, origin.as_ref())),
+            Arc::new(self.store.open_blob(digest, size, origin.as_ref())),
         );
         let options = match self.config.cache {
             CachePolicy::Never => OpenOptions::DIRECT_IO,
@@ -497,14 +492,18 @@ impl FileSystem for StoreFs {
             .get(&handle)
             .cloned()
             .ok_or_else(|| errno(libc::EBADF))?;
-        self.blobs
-            .read(&blob, w, size, offset)
+        self.store
+            .read(&blob, offset, size, w)
             .map_err(|e| match e {
                 ReadError::Store(e) => store_failure(
                     &format!("reading inode {inode} (blob {})", blob.digest()),
                     &e,
                 ),
                 ReadError::Guest(e) => e,
+                ReadError::ForeignHandle => {
+                    tracing::error!(inode, handle, "a file handle of another content source");
+                    errno(libc::EBADF)
+                }
             })
     }
 
