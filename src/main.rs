@@ -78,7 +78,8 @@ fn main() -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     let client = {
         let _guard = runtime.enter();
-        StoreClient::new(&store_config).context("setting up the store client")?
+        StoreClient::new(&store_config, metrics::global().store_calls())
+            .context("setting up the store client")?
     };
     tracing::info!(
         blob = %store_config.blob_service,

@@ -29,7 +29,7 @@ fn forgotten_inodes_are_freed() {
     };
     let client = {
         let _guard = runtime.enter();
-        StoreClient::new(&config).unwrap()
+        StoreClient::new(&config, &tvix_virtiofsd::store::observed::Unobserved).unwrap()
     };
     let store = CachedStore::new(client, runtime.handle().clone(), CacheConfig::default()).unwrap();
     let fs = Arc::new(StoreFs::new(FsConfig::default(), store));

@@ -400,15 +400,18 @@ fn path_info_of_an_import(kind: StoreKind, test: &str) {
 }
 
 fn store_client(socket: &Path, kind: StoreKind) -> StoreClient {
-    StoreClient::new(&StoreConfig {
-        blob_service: address(socket),
-        directory_service: address(socket),
-        path_info_service: address(socket),
-        protocol: protocol(kind),
-        timeout: Duration::from_secs(10),
-        min_rate: 1 << 20,
-        tls: TlsSettings::default(),
-    })
+    StoreClient::new(
+        &StoreConfig {
+            blob_service: address(socket),
+            directory_service: address(socket),
+            path_info_service: address(socket),
+            protocol: protocol(kind),
+            timeout: Duration::from_secs(10),
+            min_rate: 1 << 20,
+            tls: TlsSettings::default(),
+        },
+        &tvix_virtiofsd::store::observed::Unobserved,
+    )
     .unwrap()
 }
 

@@ -25,7 +25,6 @@ use parking_lot::Mutex;
 use prometheus_client::registry::Registry;
 
 pub use endpoint::{MetricsAddress, MetricsListener};
-pub use store::MeteredChannel;
 pub use textfile::MetricsFile;
 
 /// Prefix of every metric name.
@@ -55,6 +54,11 @@ impl Metrics {
             fuse,
             store,
         }
+    }
+
+    /// What the store client tells how each of its calls ended.
+    pub fn store_calls(&'static self) -> &'static dyn crate::store::observed::CallObserver {
+        &self.store
     }
 
     /// Reads the cache's counters at every render.

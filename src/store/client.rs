@@ -23,6 +23,7 @@ use super::directory::{
     directory_digest, validate_directory, validate_node, DirEntry, Directory, ValidationError,
 };
 pub use super::error::{Result, StoreError};
+use super::observed::{CallObserver, ObservedChannel};
 use super::protocol::{PackagePrefix, StoreProtocol};
 use crate::proto::castore::blob_service_client::BlobServiceClient;
 use crate::proto::castore::directory_service_client::DirectoryServiceClient;
@@ -52,7 +53,7 @@ fn add_children(directory: &Directory, expected: &mut HashMap<B3Digest, u64>) {
 }
 
 /// The transport every client uses: a channel under tvix or snix names.
-type Transport = PackagePrefix<crate::metrics::MeteredChannel<Channel>>;
+type Transport = PackagePrefix<ObservedChannel<Channel>>;
 
 /// Where each service lives, how it is named, how long we wait.
 #[derive(Clone, Debug)]
@@ -82,12 +83,16 @@ pub struct StoreClient {
 }
 
 impl StoreClient {
-    /// Builds the clients. Connections are made lazily, on the first call,
-    /// and remade after failures. Must be called inside a tokio runtime.
-    pub fn new(config: &StoreConfig) -> Result<Self, AddressError> {
+    /// Builds the clients, each call told to `observer` when it ends.
+    /// Connections are made lazily, on the first call, and remade after
+    /// failures. Must be called inside a tokio runtime.
+    pub fn new(
+        config: &StoreConfig,
+        observer: &'static dyn CallObserver,
+    ) -> Result<Self, AddressError> {
         let transport = |addr: &StoreAddress| -> Result<Transport, AddressError> {
             Ok(PackagePrefix::new(
-                crate::metrics::MeteredChannel::new(addr.channel(config.timeout, &config.tls)?),
+                ObservedChannel::new(addr.channel(config.timeout, &config.tls)?, observer),
                 config.protocol,
             ))
         };

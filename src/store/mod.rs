@@ -10,6 +10,7 @@ pub mod digest;
 pub mod directory;
 pub mod error;
 pub mod nixbase32;
+pub mod observed;
 pub mod protocol;
 pub mod store_path;
 
