@@ -9,6 +9,7 @@ pub mod fuse;
 pub mod log_limit;
 pub mod metrics;
 pub mod notify;
+pub mod panics;
 pub mod proto;
 pub mod queue_poll;
 pub mod request_guard;

@@ -21,6 +21,7 @@ use fuse_backend_rs::api::filesystem::{
 use fuse_backend_rs::transport::FsCacheReqHandler;
 
 use crate::metrics::fuse as metrics;
+use crate::panics::panic_message;
 
 /// Requests whose handler panicked since the daemon started.
 static REQUEST_PANICS: AtomicU64 = AtomicU64::new(0);
@@ -33,17 +34,6 @@ pub fn request_panics() -> u64 {
 /// The guard's counter as a `name value` line, like the stats file's.
 pub fn render() -> String {
     format!("request_panics {}\n", request_panics())
-}
-
-/// The text a panic was raised with.
-pub fn panic_message(payload: &(dyn Any + Send)) -> &str {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        s
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s
-    } else {
-        "(no message)"
-    }
 }
 
 /// Runs `f`, turning a panic into EIO for this one request.
@@ -289,13 +279,5 @@ mod tests {
         ] {
             assert!(text.contains(series), "{series} missing:\n{text}");
         }
-    }
-
-    #[test]
-    fn panic_messages_are_read_from_both_payload_kinds() {
-        let s = catch_unwind(|| panic!("static")).unwrap_err();
-        assert_eq!(panic_message(s.as_ref()), "static");
-        let f = catch_unwind(|| panic!("formatted {}", 2)).unwrap_err();
-        assert_eq!(panic_message(f.as_ref()), "formatted 2");
     }
 }

@@ -123,7 +123,7 @@ impl WriteBehind {
             release();
             if let Err(payload) = outcome {
                 tracing::error!(
-                    panic = crate::request_guard::panic_message(payload.as_ref()),
+                    panic = crate::panics::panic_message(payload.as_ref()),
                     "a write to the disk cache panicked; the writer goes on"
                 );
             }
