@@ -102,7 +102,7 @@ fn main() -> anyhow::Result<()> {
         cache_stats,
         vec![Box::new({
             let fs = fs.clone();
-            move || fs.limit_counters().render() + &tvix_virtiofsd::request_guard::render()
+            move || fs.limit_counters().render() + &metrics::fuse::render_request_panics()
         })],
         cli.stats_file.clone(),
     ));

@@ -9,7 +9,6 @@ use std::any::Any;
 use std::ffi::CStr;
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64, CreateIn, SetattrValid};
@@ -22,19 +21,6 @@ use fuse_backend_rs::transport::FsCacheReqHandler;
 
 use crate::metrics::fuse as metrics;
 use crate::panics::panic_message;
-
-/// Requests whose handler panicked since the daemon started.
-static REQUEST_PANICS: AtomicU64 = AtomicU64::new(0);
-
-/// How many requests panicked (answered EIO) so far.
-pub fn request_panics() -> u64 {
-    REQUEST_PANICS.load(Ordering::Relaxed)
-}
-
-/// The guard's counter as a `name value` line, like the stats file's.
-pub fn render() -> String {
-    format!("request_panics {}\n", request_panics())
-}
 
 /// Runs `f`, turning a panic into EIO for this one request.
 fn guarded<T>(operation: &'static str, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
@@ -49,7 +35,7 @@ fn guarded<T>(operation: &'static str, f: impl FnOnce() -> io::Result<T>) -> io:
 
 /// Logs and counts a panic that was caught while serving `operation`.
 pub fn note_panic(operation: &str, payload: &(dyn Any + Send)) {
-    let total = REQUEST_PANICS.fetch_add(1, Ordering::Relaxed) + 1;
+    let total = metrics::request_panicked();
     tracing::error!(
         operation,
         panic = panic_message(payload),
@@ -242,10 +228,10 @@ mod tests {
 
     #[test]
     fn a_panic_becomes_eio_and_is_counted() {
-        let before = request_panics();
+        let before = metrics::request_panics();
         let r: io::Result<()> = guarded("TEST", || panic!("boom {}", 1));
         assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EIO));
-        assert!(request_panics() > before);
+        assert!(metrics::request_panics() > before);
         assert_eq!(guarded("TEST", || Ok(5)).unwrap(), 5);
     }
 
@@ -265,10 +251,10 @@ mod tests {
     fn one_layer_guards_and_measures() {
         let fs = RequestGuard::new(Broken);
         let ctx = Context::default();
-        let before = request_panics();
+        let before = metrics::request_panics();
         let r = fs.getattr(&ctx, 1, None);
         assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EIO));
-        assert!(request_panics() > before);
+        assert!(metrics::request_panics() > before);
         // Broken's LOOKUP is the trait's default (ENOSYS), measured too.
         assert!(fs.lookup(&ctx, 1, c"x").is_err());
         let text = crate::metrics::global().render();

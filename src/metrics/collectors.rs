@@ -276,10 +276,7 @@ impl Collector for FsCollector {
             "request_panics",
             "Requests whose handler panicked, answered EIO (a bug: the log has the panic).",
             None,
-            &[(
-                None,
-                Sample::Counter(crate::request_guard::request_panics()),
-            )],
+            &[(None, Sample::Counter(super::fuse::request_panics()))],
         )
     }
 }

@@ -5,6 +5,7 @@
 
 use std::borrow::Cow;
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -101,4 +102,23 @@ pub(crate) fn negative_lookup() {
 /// Bytes a READ gave the guest.
 pub(crate) fn read_bytes(bytes: usize) {
     super::global().fuse.read_bytes.inc_by(bytes as u64);
+}
+
+/// Requests whose handler panicked since the daemon started. A plain
+/// counter, not a series of the registry, so the stats file reads it too.
+static REQUEST_PANICS: AtomicU64 = AtomicU64::new(0);
+
+/// Counts one request whose handler panicked; returns the total so far.
+pub(crate) fn request_panicked() -> u64 {
+    REQUEST_PANICS.fetch_add(1, Ordering::Relaxed) + 1
+}
+
+/// How many requests panicked (answered EIO) so far.
+pub fn request_panics() -> u64 {
+    REQUEST_PANICS.load(Ordering::Relaxed)
+}
+
+/// The panic counter as a `name value` line, like the stats file's.
+pub fn render_request_panics() -> String {
+    format!("request_panics {}\n", request_panics())
 }
