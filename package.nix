@@ -25,10 +25,12 @@ let
     "systemd"
     "docs"
     "README.md"
-    # A workspace member: cargo reads its manifest to load the workspace.
+    # Workspace members: cargo reads their manifests to load the workspace.
     "tests/fixture-store/Cargo.toml"
     "tests/fixture-store/build.rs"
     "tests/fixture-store/src"
+    "tests/support/Cargo.toml"
+    "tests/support/src"
     "benches/loadgen/Cargo.toml"
     "benches/loadgen/src"
   ];

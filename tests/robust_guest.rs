@@ -9,8 +9,7 @@ mod common;
 mod fuse_guest;
 // Each test uses the part of the test VMM that it needs.
 #[allow(dead_code)]
-#[path = "common/vhost_frontend.rs"]
-mod vhost_frontend;
+use test_support::vhost_frontend;
 
 use fuse_backend_rs::abi::fuse_abi::{
     ForgetIn, FsOptions, InitOut, Opcode, OpenIn, OpenOut, ReadIn, ROOT_ID,

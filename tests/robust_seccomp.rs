@@ -11,8 +11,7 @@ mod common;
 #[path = "common/fuse_guest.rs"]
 mod fuse_guest;
 #[allow(dead_code)]
-#[path = "common/vhost_frontend.rs"]
-mod vhost_frontend;
+use test_support::vhost_frontend;
 
 use std::path::PathBuf;
 use std::time::Duration;

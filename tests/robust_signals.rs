@@ -4,8 +4,7 @@
 mod common;
 // Each test uses the part of the test VMM that it needs.
 #[allow(dead_code)]
-#[path = "common/vhost_frontend.rs"]
-mod vhost_frontend;
+use test_support::vhost_frontend;
 
 use std::time::Duration;
 

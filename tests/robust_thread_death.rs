@@ -16,8 +16,7 @@ mod common;
 #[path = "common/fuse_guest.rs"]
 mod fuse_guest;
 #[allow(dead_code)]
-#[path = "common/vhost_frontend.rs"]
-mod vhost_frontend;
+use test_support::vhost_frontend;
 
 use std::ffi::CStr;
 use std::io;

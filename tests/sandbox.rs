@@ -6,8 +6,7 @@
 
 mod common;
 #[allow(dead_code)]
-#[path = "common/vhost_frontend.rs"]
-mod vhost_frontend;
+use test_support::vhost_frontend;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -9,15 +9,14 @@ mod common;
 mod fuse_guest;
 // Each test uses the part of the test VMM that it needs.
 #[allow(dead_code)]
-#[path = "common/vhost_frontend.rs"]
-mod vhost_frontend;
+use test_support::vhost_frontend;
 
 use std::time::Duration;
 
 use common::*;
 use fuse_backend_rs::abi::fuse_abi::ROOT_ID;
 use fuse_guest::*;
-use vhost_frontend::Vmm;
+use vhost_frontend::{Kick, Vmm};
 
 /// A daemon on the sample tree and a guest (EVENT_IDX, as Linux) past INIT.
 fn start(fixture: &Fixture, args: &[&str]) -> (VhostUserDaemon, Guest) {
@@ -71,9 +70,9 @@ fn late_kicks_of_paced_requests(poll_us: &str, kick_after: Duration) -> u32 {
     let fixture = Fixture::start(&sample_tree(), &[]);
     let (_daemon, mut guest) = start(&fixture, &["--queue-poll-us", poll_us]);
     getattr_root_paced(&mut guest, 30, PAUSE);
-    guest.vmm.kick_after = Some(kick_after);
+    guest.vmm.queue(REQUESTS).kick = Kick::Late(kick_after);
     getattr_root_paced(&mut guest, 20, PAUSE);
-    guest.vmm.late_kicks
+    guest.vmm.queue(REQUESTS).late_kicks
 }
 
 #[test]

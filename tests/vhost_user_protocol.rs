@@ -9,8 +9,7 @@ mod common;
 mod fuse_guest;
 // Each test uses the part of the test VMM that it needs.
 #[allow(dead_code)]
-#[path = "common/vhost_frontend.rs"]
-mod vhost_frontend;
+use test_support::vhost_frontend;
 
 use std::mem::size_of;
 use std::time::{Duration, Instant};
@@ -21,7 +20,7 @@ use fuse_backend_rs::abi::fuse_abi::{
     Opcode, OpenIn, OpenOut, OutHeader, ROOT_ID,
 };
 use fuse_guest::*;
-use vhost_frontend::{Buf, Vmm, MEM_BASE, MEM_SIZE};
+use vhost_frontend::{Buf, Vmm};
 use vm_memory::ByteValued;
 
 const HIPRIO: usize = 0;
@@ -32,6 +31,8 @@ struct Known {
     package: u64,
     file: u64,
     fh: u64,
+    /// The guest-physical address just past guest memory.
+    mem_end: u64,
 }
 
 /// The FUSE requests a guest sends on mount and to read one file.
@@ -81,6 +82,7 @@ fn valid_session(guest: &mut Guest, fixture: &Fixture) -> Known {
         package: package.nodeid,
         file: file.nodeid,
         fh: opened.fh,
+        mem_end: guest.vmm.mem_end(),
     };
     assert_still_serving(guest, &known);
     known
@@ -140,7 +142,7 @@ fn read(unique: u64, nodeid: u64, fh: u64) -> Vec<u8> {
 
 /// What a buggy or hostile guest driver might put on the queues.
 fn malformed_cases(known: &Known) -> Vec<Case> {
-    let (file, fh) = (known.file, known.fh);
+    let (file, fh, mem_end) = (known.file, known.fh, known.mem_end);
     let reply = || Buf::Writable(4096);
     vec![
         case(
@@ -160,7 +162,7 @@ fn malformed_cases(known: &Known) -> Vec<Case> {
             Expect::Dropped,
             move |u| {
                 let straddling = Buf::Raw {
-                    addr: MEM_BASE + MEM_SIZE as u64 - 8,
+                    addr: mem_end - 8,
                     len: 64,
                     writable: false,
                 };

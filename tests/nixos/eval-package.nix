@@ -42,6 +42,8 @@ let
     "tests/fixture-store"
     "tests/fixture-store/Cargo.toml"
     "tests/fixture-store/src/main.rs"
+    "tests/support/Cargo.toml"
+    "tests/support/src/vhost_frontend.rs"
     "benches/loadgen/Cargo.toml"
   ];
   unwanted = [

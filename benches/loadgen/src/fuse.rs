@@ -5,15 +5,15 @@
 
 use std::mem::size_of;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use fuse_backend_rs::abi::fuse_abi::{
     Attr, AttrOut, BatchForgetIn, Direntplus, EntryOut, ForgetOne, FsOptions, GetattrIn, InHeader,
     InitIn, InitOut, Opcode, OpenIn, OpenOut, OutHeader, ReadIn, ReleaseIn,
 };
+use test_support::vhost_frontend::{Buf, Queue};
 use vm_memory::ByteValued;
-
-use crate::frontend::Queue;
 
 const OUT_HEADER: u32 = size_of::<OutHeader>() as u32;
 /// Linux sends at most this many forgets in one BATCH_FORGET.
@@ -43,17 +43,21 @@ pub type Hiprio = Arc<Mutex<Queue>>;
 pub struct Session {
     queue: Queue,
     hiprio: Hiprio,
+    /// How long a reply may take.
+    timeout: Duration,
     unique: u64,
     request: Vec<u8>,
     reply: Vec<u8>,
 }
 
 impl Session {
-    /// `id` keeps the `unique` numbers of sessions apart.
-    pub fn new(queue: Queue, hiprio: Hiprio, id: u64) -> Self {
+    /// `id` keeps the `unique` numbers of sessions apart; `timeout` bounds
+    /// every wait for a reply.
+    pub fn new(queue: Queue, hiprio: Hiprio, id: u64, timeout: Duration) -> Self {
         Self {
             queue,
             hiprio,
+            timeout,
             unique: id << 48,
             request: Vec::with_capacity(4096),
             reply: Vec::with_capacity(64 << 10),
@@ -90,15 +94,21 @@ impl Session {
         copy: bool,
     ) -> Result<usize> {
         let unique = self.build(opcode, nodeid, parts);
-        let with_body = [OUT_HEADER, room];
-        let reply: &[u32] = if room > 0 {
-            &with_body
+        // The reply header and the body in writable buffers of their own,
+        // as Linux's virtio-fs driver lays them out.
+        let with_body = [
+            Buf::Readable(self.request.as_slice()),
+            Buf::Writable(OUT_HEADER),
+            Buf::Writable(room),
+        ];
+        let chain = if room > 0 {
+            &with_body[..]
         } else {
-            &with_body[..1]
+            &with_body[..2]
         };
         let used = self
             .queue
-            .submit(&self.request, reply)
+            .submit(chain, self.timeout)
             .with_context(|| format!("{opcode:?} of node {nodeid}"))?;
         ensure!(
             used >= OUT_HEADER && used <= OUT_HEADER + room,
@@ -268,7 +278,7 @@ impl Session {
                 .lock()
                 .map_err(|_| anyhow::anyhow!("hiprio queue lock poisoned"))?;
             // No reply: Linux gives forgets no writable buffer.
-            let used = hiprio.submit(&self.request, &[])?;
+            let used = hiprio.submit(&[Buf::Readable(self.request.as_slice())], self.timeout)?;
             ensure!(used == 0, "BATCH_FORGET: used length {used}");
         }
         Ok(())

@@ -5,7 +5,6 @@
 //! guest in the way.
 
 mod cpu;
-mod frontend;
 mod fuse;
 mod tree;
 mod workload;
@@ -17,8 +16,8 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use clap::Parser;
 
-use frontend::Connection;
 use fuse::Session;
+use test_support::vhost_frontend::{Connection, Kick, Wanted, MAX_QUEUES};
 use tree::Tree;
 use workload::{Counts, Job, Names, Part, Workload};
 
@@ -118,7 +117,11 @@ fn pass(
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    ensure!(args.threads >= 1, "--threads must be at least 1");
+    ensure!(
+        (1..MAX_QUEUES).contains(&args.threads),
+        "--threads must be 1 to {}",
+        MAX_QUEUES - 1
+    );
     let tree = Tree::load(&args.tree)?;
     let names = Names {
         meta: args.name_meta.into_bytes(),
@@ -126,13 +129,21 @@ fn main() -> Result<()> {
         big: args.name_big.into_bytes(),
     };
     let timeout = Duration::from_secs(args.timeout);
-    let mut conn = Connection::connect(&args.socket, args.threads, timeout, !args.no_event_idx)?;
+    // As Linux's virtio driver: EVENT_IDX when offered (or NO_NOTIFY
+    // honoured without it), a kick only when the device asked for one.
+    let wanted = Wanted {
+        queues: 1 + args.threads,
+        event_idx: !args.no_event_idx,
+        indirect_desc: false,
+        kick: Kick::WhenAsked,
+    };
+    let mut conn = Connection::connect(&args.socket, wanted)?;
     let hiprio = Arc::new(Mutex::new(conn.queues.remove(0)));
     let mut sessions: Vec<Session> = conn
         .queues
         .drain(..)
         .enumerate()
-        .map(|(i, q)| Session::new(q, hiprio.clone(), i as u64 + 1))
+        .map(|(i, q)| Session::new(q, hiprio.clone(), i as u64 + 1, timeout))
         .collect();
     if sessions.len() < args.threads {
         eprintln!(

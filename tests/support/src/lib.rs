@@ -1,0 +1,5 @@
+//! Code shared by the integration tests (`tests/`) and the load generator
+//! (`benches/loadgen`): the VMM's side of vhost-user, to drive the daemon
+//! as QEMU would, without QEMU.
+
+pub mod vhost_frontend;
