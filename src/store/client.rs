@@ -383,32 +383,6 @@ impl StoreClient {
         })
     }
 
-    /// Streams the blob `digest` of `size` bytes into `sink`, hashing as it
-    /// goes. The data handed to `sink` is not yet verified: only an `Ok`
-    /// return means all of it matched the digest and the size. A store that
-    /// sends more than `size` bytes is cut off at once.
-    pub async fn read_blob(
-        &self,
-        digest: &B3Digest,
-        size: u64,
-        mut sink: impl FnMut(&[u8]) -> io::Result<()>,
-    ) -> Result<()> {
-        let mut hasher = blake3::Hasher::new();
-        self.stream_blob_unverified(digest, size, |piece| {
-            hasher.update(piece);
-            sink(piece)
-        })
-        .await?;
-        let actual = B3Digest::from(hasher.finalize());
-        if actual != *digest {
-            return Err(StoreError::BlobDigestMismatch {
-                digest: *digest,
-                actual,
-            });
-        }
-        Ok(())
-    }
-
     /// Streams exactly `size` bytes of the blob `digest` into `sink` (more
     /// is cut off at once, less is an error) WITHOUT checking them against
     /// the digest: for callers that hash what arrives their own way (group
