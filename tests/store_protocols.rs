@@ -119,6 +119,7 @@ fn per_service_addresses_override_the_store_address() {
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(child.wait().unwrap().success());
 }

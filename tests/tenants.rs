@@ -396,10 +396,8 @@ fn a_held_cache_lock_delays_no_read_and_no_start_up() {
     fs::create_dir_all(&objects).unwrap();
     let holder = File::create(objects.join("lock")).unwrap();
     // SAFETY: flock on a descriptor owned by `holder`.
-    assert_eq!(
-        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&holder), libc::LOCK_EX) },
-        0
-    );
+    let locked = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&holder), libc::LOCK_EX) };
+    assert_eq!(locked, 0);
 
     let stats = scratch("tenants-lock-stats").join("stats");
     let started = Instant::now();
