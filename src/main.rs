@@ -89,7 +89,7 @@ fn main() -> anyhow::Result<()> {
         "store"
     );
     check_store_protocol(&runtime, &client, store_config.timeout)?;
-    let store = CachedStore::new(client, runtime.handle().clone(), cache_config)
+    let store = CachedStore::new(Arc::new(client), runtime.handle().clone(), cache_config)
         .context("opening the cache")?;
     if let Some(disk) = store.disk() {
         tracing::info!(dir = %disk.root().display(), bound = cli.disk_cache_size, "disk cache");

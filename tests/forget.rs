@@ -31,7 +31,12 @@ fn forgotten_inodes_are_freed() {
         let _guard = runtime.enter();
         StoreClient::new(&config, &tvix_virtiofsd::store::observed::Unobserved).unwrap()
     };
-    let store = CachedStore::new(client, runtime.handle().clone(), CacheConfig::default()).unwrap();
+    let store = CachedStore::new(
+        Arc::new(client),
+        runtime.handle().clone(),
+        CacheConfig::default(),
+    )
+    .unwrap();
     let fs = Arc::new(StoreFs::new(FsConfig::default(), store));
     let mountpoint = scratch("forget").join("mnt");
     std::fs::create_dir(&mountpoint).unwrap();

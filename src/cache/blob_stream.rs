@@ -31,7 +31,7 @@ use tokio::sync::Notify;
 
 use super::fetch::{ChunkAssembler, ChunkFuture, StreamDelivery};
 use super::{CachedStore, Lane};
-use crate::store::{B3Digest, BlobMessages, Chunk, StoreError};
+use crate::store::{B3Digest, BlobPieces, Chunk, StoreError};
 
 /// A stream whose reader has not moved on for this long ends: the file is
 /// open but nobody reads it.
@@ -218,7 +218,7 @@ impl CachedStore {
         progress: &Progress,
         claims: &mut VecDeque<(usize, Option<(StreamDelivery, ChunkFuture)>)>,
     ) -> Result<Finished, StoreError> {
-        let mut messages = self.client.blob_messages(digest, size).await?;
+        let mut messages = self.store.blob_pieces(digest, size).await?;
         let mut piece = Bytes::new();
         let mut claimed = claims.len();
         for (index, chunk) in chunks.iter().enumerate() {
@@ -257,7 +257,15 @@ impl CachedStore {
             };
             debug_assert_eq!(claimed_index, index, "chunks are claimed in order");
             let received = &self.stats.store_bytes_fetched;
-            match receive(&mut messages, &mut piece, received, chunk, claim.is_some()).await {
+            match receive(
+                messages.as_mut(),
+                &mut piece,
+                received,
+                chunk,
+                claim.is_some(),
+            )
+            .await
+            {
                 Ok(Some(data)) => {
                     if let Some((done, wait)) = claim {
                         if index > progress.reader_at.load(Ordering::Relaxed) {
@@ -288,7 +296,7 @@ impl CachedStore {
 /// Takes `chunk`'s bytes from the stream (`piece` holds what is left of
 /// the last message): verified if `keep`, passed over if not.
 async fn receive(
-    messages: &mut BlobMessages<'_>,
+    messages: &mut dyn BlobPieces,
     piece: &mut Bytes,
     received: &AtomicU64,
     chunk: &Chunk,

@@ -317,7 +317,7 @@ impl CachedStore {
     /// A chunk from the store into (recycled) memory, verified.
     async fn receive_chunk(&self, chunk: &Chunk) -> Result<Bytes, StoreError> {
         let mut assembled = ChunkAssembler::new(chunk);
-        self.client
+        self.store
             .stream_blob_unverified(&chunk.digest, chunk.size, |piece| {
                 assembled.push(piece);
                 Ok(())
@@ -481,5 +481,66 @@ mod tests {
                 matches!(*err, StoreError::BlobSizeMismatch { expected, actual: 10, .. } if expected == size)
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod with_a_store {
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::sync::{Arc, Barrier};
+    use std::time::Duration;
+
+    use super::super::test_store::{quiet, Rig, CHUNK};
+    use crate::store::StoreError;
+
+    #[test]
+    fn concurrent_readers_of_one_chunk_share_one_fetch() {
+        let rig = Rig::new(quiet());
+        let chunk = rig.big_chunks()[1];
+        rig.store.set_latency(Duration::from_millis(300));
+        let readers = 6;
+        let barrier = Arc::new(Barrier::new(readers));
+        let threads: Vec<_> = (0..readers)
+            .map(|_| {
+                let (cache, barrier) = (rig.cache.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    cache.chunk(&chunk).unwrap()
+                })
+            })
+            .collect();
+        for thread in threads {
+            assert_eq!(thread.join().unwrap(), rig.big[CHUNK..2 * CHUNK]);
+        }
+        assert_eq!(rig.store.calls.blob_reads.load(Relaxed), 1);
+        assert_eq!(
+            rig.cache.stats().singleflight_joins.load(Relaxed),
+            readers as u64 - 1
+        );
+        // And from memory afterwards.
+        rig.cache.chunk(&chunk).unwrap();
+        assert_eq!(rig.store.calls.blob_reads.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn a_chunk_that_fails_its_digest_is_an_error_with_that_digest_and_not_kept() {
+        let rig = Rig::new(quiet());
+        let chunk = rig.big_chunks()[2];
+        rig.store.corrupt_blob(&chunk.digest);
+        let err = rig.cache.chunk(&chunk).unwrap_err();
+        assert!(
+            matches!(*err, StoreError::BlobDigestMismatch { digest, .. } if digest == chunk.digest),
+            "{err}"
+        );
+        let stats = rig.cache.stats();
+        assert_eq!(stats.verification_failures.load(Relaxed), 1);
+        assert!(stats
+            .rejected
+            .each()
+            .any(|counted| counted == ("store", "blob_digest", 1)));
+        // Repaired, the next read fetches it again and gets it right.
+        rig.store.repair_blob(&chunk.digest);
+        assert_eq!(rig.cache.chunk(&chunk).unwrap(), rig.big[2 * CHUNK..]);
+        assert_eq!(rig.store.calls.blob_reads.load(Relaxed), 2);
     }
 }

@@ -58,7 +58,7 @@ impl CachedStore {
         self.stats
             .store_path_info_calls
             .fetch_add(1, Ordering::Relaxed);
-        match self.call(self.client.path_info(hash, name))? {
+        match self.call(self.store.path_info(hash, name))? {
             Some(found) => {
                 if let Some(mappings) = self.mappings.clone() {
                     let entry = found.clone();
@@ -84,7 +84,7 @@ impl CachedStore {
 
     /// All store paths (`--list-root`); not cached, the list changes.
     pub fn list_path_infos(&self, limit: usize) -> Result<Vec<DirEntry>, StoreError> {
-        self.call(self.client.list_path_infos(limit))
+        self.call(self.store.list_path_infos(limit))
     }
 
     /// A validated Directory whose parent node announces `size` (a lower
@@ -122,7 +122,7 @@ impl CachedStore {
     /// caches them all and returns the first.
     fn fetch_directories(&self, digest: &B3Digest, size: u64) -> Result<Directory, StoreError> {
         let fetched = self.call(
-            self.client
+            self.store
                 .directories(digest, Some(size), DIRECTORY_PREFETCH),
         )?;
         let mut root = None;
@@ -178,7 +178,7 @@ impl CachedStore {
                 self.stats
                     .store_chunk_list_calls
                     .fetch_add(1, Ordering::Relaxed);
-                let list = self.call(self.client.blob_chunks(digest, size))?;
+                let list = self.call(self.store.blob_chunks(digest, size))?;
                 if let Some(mappings) = self.mappings.clone() {
                     let (digest, list) = (*digest, list.clone());
                     self.write_behind(Lane::of_this_thread(), 0, move || {
@@ -191,5 +191,76 @@ impl CachedStore {
         let list = Arc::new(list);
         self.chunk_lists.insert(*digest, list.clone());
         Ok(list)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering::Relaxed;
+
+    use super::super::test_store::{quiet, Rig, TREE, TREE_NAME};
+    use crate::store::directory::ValidationError;
+    use crate::store::StoreError;
+
+    #[test]
+    fn path_infos_directories_and_chunk_lists_come_from_the_store_once() {
+        let rig = Rig::new(quiet());
+        let calls = &rig.store.calls;
+        for _ in 0..3 {
+            assert!(rig.cache.path_info(TREE, TREE_NAME).unwrap().is_some());
+        }
+        assert_eq!(calls.path_info.load(Relaxed), 1);
+        // The root comes with the Directories below it, in one call.
+        for _ in 0..2 {
+            rig.cache.directory(&rig.root.0, rig.root.1).unwrap();
+            let sub = rig.cache.directory(&rig.sub.0, rig.sub.1).unwrap();
+            assert!(sub.entry(b"inner").is_some());
+        }
+        assert_eq!(calls.directories.load(Relaxed), 1);
+        assert_eq!(rig.big_chunks().len(), 3);
+        assert_eq!(rig.big_chunks().len(), 3);
+        assert_eq!(calls.chunk_lists.load(Relaxed), 1);
+        assert_eq!(calls.total(), 3);
+    }
+
+    #[test]
+    fn a_missing_store_path_is_remembered_for_the_negative_ttl_only() {
+        let mut config = quiet();
+        config.negative_ttl = std::time::Duration::from_millis(200);
+        let rig = Rig::new(config);
+        let name = b"11111111111111111111111111111111-gone";
+        for _ in 0..3 {
+            assert!(rig.cache.path_info([6; 20], name).unwrap().is_none());
+        }
+        assert_eq!(rig.store.calls.path_info.load(Relaxed), 1);
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        assert!(rig.cache.path_info([6; 20], name).unwrap().is_none());
+        assert_eq!(rig.store.calls.path_info.load(Relaxed), 2);
+    }
+
+    #[test]
+    fn a_parent_that_understates_a_cached_directory_is_refused() {
+        let rig = Rig::new(quiet());
+        rig.cache.directory(&rig.sub.0, rig.sub.1).unwrap();
+        let err = rig.cache.directory(&rig.sub.0, rig.sub.1 - 1).unwrap_err();
+        assert!(
+            matches!(err, StoreError::InvalidDirectory { digest, source: ValidationError::Undersized { .. } } if digest == rig.sub.0),
+            "{err}"
+        );
+        assert_eq!(rig.store.calls.directories.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn with_the_store_down_cached_metadata_is_served_and_the_rest_fails() {
+        let rig = Rig::new(quiet());
+        rig.cache.directory(&rig.root.0, rig.root.1).unwrap();
+        rig.store.set_down(true);
+        rig.cache.directory(&rig.sub.0, rig.sub.1).unwrap();
+        let err = rig.cache.path_info(TREE, TREE_NAME).unwrap_err();
+        assert!(matches!(err, StoreError::Rpc { .. }), "{err}");
+        assert_eq!(rig.cache.stats().store_errors.load(Relaxed), 1);
+        // Back up: served again, nothing failed was remembered.
+        rig.store.set_down(false);
+        assert!(rig.cache.path_info(TREE, TREE_NAME).unwrap().is_some());
     }
 }

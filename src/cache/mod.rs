@@ -38,6 +38,8 @@ mod readahead;
 mod reader;
 mod source;
 pub mod stats;
+#[cfg(test)]
+mod test_store;
 mod write_behind;
 
 use std::collections::HashMap;
@@ -51,7 +53,7 @@ use parking_lot::Mutex;
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 
-use crate::store::{B3Digest, Chunk, DirEntry, Directory, Node, StoreClient, StoreError};
+use crate::store::{B3Digest, Chunk, DirEntry, Directory, Node, Store, StoreError};
 pub use eviction::{Outcome as EvictionOutcome, LOCK_WAIT as EVICTION_LOCK_WAIT};
 use fetch::ChunkFuture;
 pub use layout::DiskCacheError;
@@ -189,7 +191,9 @@ enum PathInfoEntry {
 
 /// The store as the filesystem sees it: cached, verified, shared fetches.
 pub struct CachedStore {
-    client: StoreClient,
+    /// The store, behind the trait (the gRPC client, or the in-memory
+    /// store of the tests).
+    store: Arc<dyn Store>,
     runtime: Handle,
     config: CacheConfig,
     stats: Arc<Stats>,
@@ -245,7 +249,7 @@ impl CachedStore {
     /// Opens the cache; never waits for another daemon (the disk cache is
     /// brought under its bound by the first write, with a bounded wait).
     pub fn new(
-        client: StoreClient,
+        store: Arc<dyn Store>,
         runtime: Handle,
         config: CacheConfig,
     ) -> Result<Arc<Self>, DiskCacheError> {
@@ -293,7 +297,7 @@ impl CachedStore {
             writer,
             prefetcher: Prefetcher::default(),
             blob_slots: Mutex::new(HashMap::new()),
-            client,
+            store,
             runtime,
             config,
             stats,

@@ -222,7 +222,7 @@ impl CachedStore {
         let mut temp = temp.map_err(sink_error)?;
         let mut builder = OutboardBuilder::default();
         // One hashing pass: the outboard's root is compared with the digest.
-        self.call(self.client.stream_blob_unverified(digest, size, |piece| {
+        self.call(self.store.stream_blob_unverified(digest, size, |piece| {
             builder.update(piece);
             temp.write_all(piece)
         }))?;
@@ -586,5 +586,91 @@ impl ContentSource for CachedStore {
             }
         }
         unreachable!("the second attempt returns")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering::Relaxed;
+
+    use super::super::test_store::{quiet, Rig, CHUNK};
+    use super::*;
+
+    fn store_error(result: Result<Vec<u8>, ReadError>) -> Arc<StoreError> {
+        match result {
+            Err(ReadError::Store(e)) => e,
+            other => panic!("expected a store error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn reads_across_chunks_give_the_right_bytes_and_fetch_each_chunk_once() {
+        let rig = Rig::new(quiet());
+        let big = rig.open(b"big");
+        let at = CHUNK as u64 - 10;
+        assert_eq!(
+            rig.read(&big, at, 20_000).unwrap(),
+            rig.big[CHUNK - 10..CHUNK + 19_990]
+        );
+        let before = rig.store.calls.blob_reads.load(Relaxed);
+        assert_eq!(before, 2, "the two chunks the read spans");
+        // Again, and through another handle: from memory.
+        assert_eq!(
+            rig.read(&big, at, 20_000).unwrap(),
+            rig.big[CHUNK - 10..CHUNK + 19_990]
+        );
+        let again = rig.open(b"big");
+        assert_eq!(
+            rig.read(&again, at + 5, 10).unwrap(),
+            rig.big[CHUNK - 5..CHUNK + 5]
+        );
+        assert_eq!(rig.store.calls.blob_reads.load(Relaxed), before);
+        // The end, and past it.
+        let tail = rig.read(&big, rig.big.len() as u64 - 3, 4096).unwrap();
+        assert_eq!(tail, rig.big[rig.big.len() - 3..]);
+        assert!(rig
+            .read(&big, rig.big.len() as u64, 4096)
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn a_blob_that_fails_its_digest_never_reaches_the_reader() {
+        let rig = Rig::new(quiet());
+        let digest = B3Digest::of(&rig.small);
+        rig.store.corrupt_blob(&digest);
+        let small = rig.open(b"small");
+        let e = store_error(rig.read(&small, 0, 4096));
+        assert!(
+            matches!(*e, StoreError::BlobDigestMismatch { digest: d, .. } if d == digest),
+            "{e}"
+        );
+        // The daemon keeps serving: once the store sends the right bytes,
+        // the same handle reads them.
+        rig.store.repair_blob(&digest);
+        assert!(rig.read(&small, 0, 8192).unwrap() == rig.small);
+    }
+
+    #[test]
+    fn with_the_store_down_what_was_read_is_still_served() {
+        let rig = Rig::new(quiet());
+        let small = rig.open(b"small");
+        let big = rig.open(b"big");
+        assert_eq!(rig.read(&small, 0, 4096).unwrap(), rig.small[..4096]);
+        rig.store.set_down(true);
+        assert_eq!(rig.read(&small, 100, 50).unwrap(), rig.small[100..150]);
+        let e = store_error(rig.read(&big, 0, 4096));
+        assert!(matches!(*e, StoreError::Rpc { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_handle_of_another_source_is_refused() {
+        let rig = Rig::new(quiet());
+        let foreign = OpenBlob::new(B3Digest::of(b"x"), 1, ());
+        let mut out = Vec::new();
+        assert!(matches!(
+            rig.cache.read(&foreign, 0, 1, &mut out),
+            Err(ReadError::ForeignHandle)
+        ));
     }
 }

@@ -5,7 +5,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::io;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -383,32 +382,10 @@ impl StoreClient {
         })
     }
 
-    /// Streams exactly `size` bytes of the blob `digest` into `sink` (more
-    /// is cut off at once, less is an error) WITHOUT checking them against
-    /// the digest: for callers that hash what arrives their own way (group
-    /// by group, for an outboard) and must then compare the result with
-    /// `digest` before using any of it.
-    pub async fn stream_blob_unverified(
-        &self,
-        digest: &B3Digest,
-        size: u64,
-        mut sink: impl FnMut(&[u8]) -> io::Result<()>,
-    ) -> Result<()> {
-        let mut messages = self.blob_messages(digest, size).await?;
-        while let Some(piece) = messages.next().await? {
-            sink(&piece).map_err(|source| StoreError::Sink {
-                digest: *digest,
-                source,
-            })?;
-        }
-        Ok(())
-    }
-
     /// Opens a Read of the blob `digest` of `size` bytes, to be taken
-    /// message by message, UNVERIFIED, as for
-    /// [`Self::stream_blob_unverified`]: for a caller that checks the
-    /// pieces it keeps (the chunks of the blob, each by its own digest)
-    /// and may stop reading for a while in between.
+    /// message by message, UNVERIFIED: the caller checks what it keeps
+    /// (the chunks of the blob, each by its own digest, or the whole blob
+    /// group by group) and may stop reading for a while in between.
     pub async fn blob_messages(&self, digest: &B3Digest, size: u64) -> Result<BlobMessages<'_>> {
         let mut client = self.blobs.clone();
         let request = ReadBlobRequest {
