@@ -177,7 +177,7 @@ impl CachedStore {
         }
         let this = self.clone();
         self.stats.store_requests.fetch_add(1, Ordering::Relaxed);
-        self.runtime.spawn(async move {
+        self.remote.runtime().spawn(async move {
             let _demand =
                 (progress.lane() == Lane::Demand).then(|| crate::demand::DEMAND.store_work());
             this.stats.fetches_in_flight.fetch_add(1, Ordering::Relaxed);
@@ -200,7 +200,7 @@ impl CachedStore {
                 Ok(Finished::Left) => progress.failed.store(true, Ordering::Relaxed),
                 Err(e) => {
                     progress.failed.store(true, Ordering::Relaxed);
-                    this.count_failure(&e);
+                    this.stats.store_failed(&e);
                     tracing::warn!(blob = %digest, error = %e, "streaming a blob failed; its chunks are fetched one by one");
                 }
             }
@@ -218,7 +218,7 @@ impl CachedStore {
         progress: &Progress,
         claims: &mut VecDeque<(usize, Option<(StreamDelivery, ChunkFuture)>)>,
     ) -> Result<Finished, StoreError> {
-        let mut messages = self.store.blob_pieces(digest, size).await?;
+        let mut messages = self.remote.store().blob_pieces(digest, size).await?;
         let mut piece = Bytes::new();
         let mut claimed = claims.len();
         for (index, chunk) in chunks.iter().enumerate() {

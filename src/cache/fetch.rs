@@ -53,10 +53,10 @@ impl CachedStore {
     /// thread: a hand-off to the runtime and back costs more than the read.
     pub fn chunk(self: &Arc<Self>, chunk: &Chunk) -> ChunkResult {
         if let Some(data) = self.chunks.get(&chunk.digest) {
-            self.hit(true);
+            self.stats.memory_hit(true);
             return of_its_size(chunk, data);
         }
-        self.hit(false);
+        self.stats.memory_hit(false);
         let wait = match self.claim_disk_read(chunk) {
             DiskClaim::Mine(done, wait) => match self.read_claimed(chunk, done, true) {
                 Some(read) => {
@@ -75,7 +75,7 @@ impl CachedStore {
             let _blocked = crate::demand::DEMAND.blocked();
             let _demand =
                 (!self.being_prefetched(&chunk.digest)).then(|| crate::demand::DEMAND.store_work());
-            self.runtime.block_on(wait)
+            self.remote.runtime().block_on(wait)
         };
         // A chunk read ahead waits in `in_flight` for its reader, outside
         // the memory cache: taken now, and kept as any chunk read.
@@ -96,8 +96,8 @@ impl CachedStore {
 
     /// Whether `chunk` is in the disk cache (one stat).
     pub(super) fn on_disk(&self, chunk: &Chunk) -> bool {
-        self.objects
-            .as_ref()
+        self.disk
+            .objects()
             .is_some_and(|o| o.contains(ObjectKind::Chunk, &chunk.digest))
     }
 
@@ -114,7 +114,7 @@ impl CachedStore {
             if self.in_memory_or_flight(chunk) {
                 continue;
             }
-            if let Some(objects) = &self.objects {
+            if let Some(objects) = self.disk.objects() {
                 if objects.contains(ObjectKind::Chunk, &chunk.digest) {
                     if queued >= from_disk
                         || !self.disk_readahead().is_some_and(|r| r.request(*chunk))
@@ -131,7 +131,7 @@ impl CachedStore {
             self.stats.readahead_chunks.fetch_add(1, Ordering::Relaxed);
             let fetch = self.chunk_fetch(chunk, Lane::Demand);
             let demand = crate::demand::DEMAND.store_work();
-            self.runtime.spawn(async move {
+            self.remote.runtime().spawn(async move {
                 let _ = fetch.await;
                 drop((permit, demand));
             });
@@ -173,7 +173,7 @@ impl CachedStore {
     /// and the read-ahead thread never both read it: whoever comes second
     /// waits for the first.
     fn claim_disk_read(self: &Arc<Self>, chunk: &Chunk) -> DiskClaim {
-        if self.objects.is_none() {
+        if self.disk.objects().is_none() {
             return DiskClaim::NoDisk;
         }
         let mut in_flight = self.in_flight.lock();
@@ -262,8 +262,8 @@ impl CachedStore {
     /// A chunk from the shared objects, of its length and digest, or
     /// `None` if it is not there (or failed and was removed).
     fn chunk_from_disk(&self, chunk: &Chunk) -> Option<Bytes> {
-        self.objects
-            .as_ref()?
+        self.disk
+            .objects()?
             .get(ObjectKind::Chunk, &chunk.digest, Some(chunk.size))
     }
 
@@ -295,7 +295,7 @@ impl CachedStore {
                 Ok(data)
             }
             Err(e) => {
-                self.count_failure(&e);
+                self.stats.store_failed(&e);
                 Err(e)
             }
         }
@@ -306,9 +306,9 @@ impl CachedStore {
     /// one, and that read writes it the first time (one file per fetch
     /// instead of two, for the many chunks that are only ever read whole).
     fn write_fetched(&self, chunk: &Chunk, data: &Bytes, lane: Lane) {
-        if let Some(objects) = self.objects.clone() {
+        if let Some(objects) = self.disk.objects().cloned() {
             let (digest, written) = (chunk.digest, data.clone());
-            self.write_behind(lane, written.len(), move || {
+            self.disk.write_behind(lane, written.len(), move || {
                 objects.put(ObjectKind::Chunk, &digest, &written)
             });
         }
@@ -317,7 +317,8 @@ impl CachedStore {
     /// A chunk from the store into (recycled) memory, verified.
     async fn receive_chunk(&self, chunk: &Chunk) -> Result<Bytes, StoreError> {
         let mut assembled = ChunkAssembler::new(chunk);
-        self.store
+        self.remote
+            .store()
             .stream_blob_unverified(&chunk.digest, chunk.size, |piece| {
                 assembled.push(piece);
                 Ok(())

@@ -25,17 +25,20 @@
 
 mod blob_stream;
 mod buffers;
+mod disk;
 mod eviction;
 mod fetch;
 mod files;
 mod layout;
 pub(crate) mod mappings;
+mod memory_cache;
 mod metadata;
 pub(crate) mod objects;
 mod outboard;
 pub mod prefetch;
 mod readahead;
 mod reader;
+mod remote;
 mod source;
 pub mod stats;
 #[cfg(test)]
@@ -44,30 +47,31 @@ mod write_behind;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 
-use crate::store::{B3Digest, Chunk, DirEntry, Directory, Node, Store, StoreError};
+use crate::store::{B3Digest, Chunk, DirEntry, Directory, Store, StoreError};
+use disk::Disk;
 pub use eviction::{Outcome as EvictionOutcome, LOCK_WAIT as EVICTION_LOCK_WAIT};
 use fetch::ChunkFuture;
 pub use layout::DiskCacheError;
 pub use layout::{CacheLayout, InstanceName, LAYOUT};
-use mappings::PrivateMappings;
 pub use mappings::{decode_chunk_list, encode_chunk_list};
+use memory_cache::{memory_cache, MemoryCache};
+use metadata::{Answered, MetadataBudget, MetadataCache};
 pub use objects::SharedObjects;
 pub use prefetch::PrefetchGuess;
 use prefetch::Prefetcher;
 use readahead::DiskReadahead;
 pub use reader::MAX_IN_MEMORY_BLOB;
+use remote::Remote;
 pub use source::{ContentSource, FileOrigin, OpenBlob, ReadError};
 pub use stats::{Stats, StatsReporter};
-use write_behind::WriteBehind;
 
 /// How much to keep where.
 #[derive(Clone, Debug)]
@@ -128,89 +132,24 @@ impl Lane {
     }
 }
 
-/// quick_cache weighs entries by all the heap memory they hold, in bytes.
-#[derive(Clone)]
-struct Weight;
-
-/// What an entry costs besides its payload (key, map slot, Arc/Bytes).
-const ENTRY_OVERHEAD: u64 = 64;
-
-impl quick_cache::Weighter<B3Digest, Bytes> for Weight {
-    fn weight(&self, _: &B3Digest, v: &Bytes) -> u64 {
-        ENTRY_OVERHEAD + v.len() as u64
-    }
-}
-
-impl quick_cache::Weighter<B3Digest, Arc<Directory>> for Weight {
-    fn weight(&self, _: &B3Digest, v: &Arc<Directory>) -> u64 {
-        ENTRY_OVERHEAD + v.approximate_size_in_bytes() as u64
-    }
-}
-
-impl quick_cache::Weighter<B3Digest, Arc<Vec<Chunk>>> for Weight {
-    fn weight(&self, _: &B3Digest, v: &Arc<Vec<Chunk>>) -> u64 {
-        ENTRY_OVERHEAD + (v.capacity() * std::mem::size_of::<Chunk>()) as u64
-    }
-}
-
-impl quick_cache::Weighter<[u8; 20], PathInfoEntry> for Weight {
-    fn weight(&self, _: &[u8; 20], v: &PathInfoEntry) -> u64 {
-        ENTRY_OVERHEAD
-            + std::mem::size_of::<PathInfoEntry>() as u64
-            + match v {
-                PathInfoEntry::Found(e) => {
-                    let target = match &e.node {
-                        Node::Symlink { target } => target.len(),
-                        _ => 0,
-                    };
-                    (e.name.len() + target) as u64
-                }
-                PathInfoEntry::Missing { name, .. } => name.len() as u64,
-            }
-    }
-}
-
-type MemoryCache<K, V> = quick_cache::sync::Cache<
-    K,
-    V,
-    Weight,
-    quick_cache::DefaultHashBuilder,
-    stats::CountEvictions<K, V>,
->;
-
-/// A remembered PathInfo answer.
-#[derive(Clone)]
-enum PathInfoEntry {
-    Found(DirEntry),
-    /// Not in the store as of `at`; only trusted for the negative TTL.
-    Missing {
-        name: Bytes,
-        at: Instant,
-    },
-}
-
 /// The store as the filesystem sees it: cached, verified, shared fetches.
+/// It owns the parts, each with its own state: the store's calls
+/// ([`remote::Remote`]), the disk ([`disk::Disk`]), the metadata cache
+/// ([`metadata::MetadataCache`]), the chunks in memory and their fetches
+/// (`fetch.rs`, `blob_stream.rs`), the prefetch; and it is the read
+/// policy over them (`reader.rs`).
 pub struct CachedStore {
-    /// The store, behind the trait (the gRPC client, or the in-memory
-    /// store of the tests).
-    store: Arc<dyn Store>,
-    runtime: Handle,
+    remote: Arc<Remote>,
+    disk: Arc<Disk>,
+    metadata: MetadataCache,
     config: CacheConfig,
     stats: Arc<Stats>,
-    objects: Option<Arc<SharedObjects>>,
-    mappings: Option<Arc<PrivateMappings>>,
     chunks: MemoryCache<B3Digest, Bytes>,
-    directories: MemoryCache<B3Digest, Arc<Directory>>,
-    chunk_lists: MemoryCache<B3Digest, Arc<Vec<Chunk>>>,
-    path_infos: MemoryCache<[u8; 20], PathInfoEntry>,
     in_flight: Mutex<HashMap<B3Digest, ChunkFuture>>,
     readahead: Arc<Semaphore>,
     /// Started on first use; `None` without a disk cache or if the thread
     /// could not be started.
     disk_readahead: OnceLock<Option<DiskReadahead>>,
-    /// The disk writer; `None` without a disk cache or if its thread could
-    /// not be started (writes then go through the runtime's blocking pool).
-    writer: Option<WriteBehind>,
     /// The prefetch: access traces, guesses, and its lane.
     prefetcher: Prefetcher,
     /// Open blobs by digest and size, so concurrent readers of a large
@@ -218,31 +157,6 @@ pub struct CachedStore {
     blob_slots: Mutex<HashMap<(B3Digest, u64), std::sync::Weak<reader::BlobSlot>>>,
     /// Itself, for the fetches it hands to the runtime.
     this: std::sync::Weak<CachedStore>,
-}
-
-fn memory_cache<K: Eq + std::hash::Hash, V: Clone>(
-    bytes: u64,
-    typical_item: u64,
-    stats: &Arc<Stats>,
-) -> MemoryCache<K, V>
-where
-    Weight: quick_cache::Weighter<K, V>,
-{
-    let options = quick_cache::OptionsBuilder::new()
-        .estimated_items_capacity((bytes / typical_item).clamp(16, 1 << 20) as usize)
-        .weight_capacity(bytes)
-        // New entries wait in the cold tenth (S3-FIFO's usual split, where
-        // quick_cache's default is 3%) until used: long enough for chunks
-        // read ahead to still be there when the reader gets to them.
-        .hot_allocation(0.9)
-        .build()
-        .expect("cache options are complete");
-    quick_cache::sync::Cache::with_options(
-        options,
-        Weight,
-        Default::default(),
-        stats::CountEvictions::new(stats.clone()),
-    )
 }
 
 impl CachedStore {
@@ -254,55 +168,36 @@ impl CachedStore {
         config: CacheConfig,
     ) -> Result<Arc<Self>, DiskCacheError> {
         let stats = Arc::new(Stats::default());
-        let (objects, mappings) = match &config.disk_dir {
-            Some(dir) => {
-                let layout = CacheLayout::new(dir, config.instance.as_ref());
-                let eviction = Arc::new(eviction::Eviction::new(
-                    &layout.objects,
-                    layout.instance.as_deref(),
-                    config.disk_bytes,
-                    stats.clone(),
-                ));
-                let objects =
-                    SharedObjects::open(&layout.objects, eviction.clone(), stats.clone())?;
-                let mappings = match &layout.instance {
-                    Some(dir) => Some(Arc::new(PrivateMappings::open(
-                        dir,
-                        eviction,
-                        stats.clone(),
-                    )?)),
-                    None => None,
-                };
-                (Some(Arc::new(objects)), mappings)
-            }
-            None => (None, None),
-        };
-        let writer = objects.as_ref().and_then(|_| {
-            WriteBehind::start(stats.clone())
-                .inspect_err(|e| tracing::warn!(error = %e, "no disk writer thread"))
-                .ok()
-        });
+        let disk = Arc::new(Disk::open(&config, &stats, runtime.clone())?);
+        let remote = Arc::new(Remote::new(store, runtime, stats.clone()));
         let m = config.memory_bytes;
         // Chunks take the bulk; metadata is small and hot.
-        let (dirs, lists, infos) = (m / 8, m / 16, m / 16);
+        let budget = MetadataBudget {
+            directories: m / 8,
+            chunk_lists: m / 16,
+            path_infos: m / 16,
+        };
+        let chunk_bytes = m - budget.directories - budget.chunk_lists - budget.path_infos;
+        let metadata = MetadataCache::new(
+            budget,
+            config.negative_ttl,
+            remote.clone(),
+            disk.clone(),
+            stats.clone(),
+        );
         Ok(Arc::new_cyclic(|this| Self {
             this: this.clone(),
-            chunks: memory_cache(m - dirs - lists - infos, 256 << 10, &stats),
-            directories: memory_cache(dirs, 4096, &stats),
-            chunk_lists: memory_cache(lists, 1024, &stats),
-            path_infos: memory_cache(infos, 256, &stats),
+            chunks: memory_cache(chunk_bytes, 256 << 10, &stats),
             readahead: Arc::new(Semaphore::new(config.readahead_chunks.max(1) * 2)),
             in_flight: Mutex::new(HashMap::new()),
             disk_readahead: OnceLock::new(),
-            writer,
             prefetcher: Prefetcher::default(),
             blob_slots: Mutex::new(HashMap::new()),
-            store,
-            runtime,
+            remote,
+            disk,
+            metadata,
             config,
             stats,
-            objects,
-            mappings,
         }))
     }
 
@@ -312,78 +207,48 @@ impl CachedStore {
 
     /// The shared objects on disk, if there is a disk cache.
     pub fn disk(&self) -> Option<&SharedObjects> {
-        self.objects.as_deref()
+        self.disk.objects().map(|o| &**o)
     }
 
     /// Bytes held by the memory caches now (their weights), for metrics.
     pub fn memory_bytes(&self) -> u64 {
-        self.chunks.weight()
-            + self.directories.weight()
-            + self.chunk_lists.weight()
-            + self.path_infos.weight()
+        self.chunks.weight() + self.metadata.memory_bytes()
     }
 
-    /// Runs a store call from a filesystem thread, counting it.
-    fn call<T>(
-        &self,
-        fut: impl std::future::Future<Output = Result<T, StoreError>>,
-    ) -> Result<T, StoreError> {
-        self.stats.store_requests.fetch_add(1, Ordering::Relaxed);
-        // A request thread waiting for the store: demand the prefetch
-        // yields to (the prefetch's own calls are not).
-        let _demand = (!prefetch::on_prefetch_lane()).then(|| {
-            (
-                crate::demand::DEMAND.store_work(),
-                crate::demand::DEMAND.blocked(),
-            )
-        });
-        let result = self.runtime.block_on(fut);
-        if let Err(e) = &result {
-            self.count_failure(e);
-        }
-        result
+    /// The root node of the store path `name` (whose hash decodes to
+    /// `hash`), or `None` if the store does not have it. A store path the
+    /// store just told us of is where the prefetch starts.
+    pub fn path_info(&self, hash: [u8; 20], name: &[u8]) -> Result<Option<DirEntry>, StoreError> {
+        Ok(self
+            .metadata
+            .path_info(hash, name)?
+            .map(|(found, answered)| {
+                if answered == Answered::FromStore {
+                    self.prefetch_store_path(hash, &found.node);
+                }
+                found
+            }))
     }
 
-    fn count_failure(&self, e: &StoreError) {
-        self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
-        if let Some(kind) = e.rejected_kind() {
-            self.stats.rejected.from_store(kind);
-            self.stats
-                .verification_failures
-                .fetch_add(1, Ordering::Relaxed);
-        }
+    /// All store paths (`--list-root`).
+    pub fn list_path_infos(&self, limit: usize) -> Result<Vec<DirEntry>, StoreError> {
+        self.metadata.list_path_infos(limit)
     }
 
-    fn hit(&self, hit: bool) {
-        let counter = if hit {
-            &self.stats.memory_hits
-        } else {
-            &self.stats.memory_misses
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+    /// A validated Directory whose parent node announces `size`.
+    pub fn directory(&self, digest: &B3Digest, size: u64) -> Result<Arc<Directory>, StoreError> {
+        self.metadata.directory(digest, size)
     }
 
-    /// Writes to the disk cache behind the reader's back (see
-    /// [`write_behind`]). Without the writer thread, handed to the
-    /// blocking pool from a runtime thread: the pool starts its threads
-    /// from the caller's, and one started from a serving thread would
-    /// inherit that thread's narrower seccomp filter.
-    /// `held` is the bytes of data `write` keeps alive until it is done.
-    fn write_behind(&self, lane: Lane, held: usize, write: impl FnOnce() + Send + 'static) {
-        match &self.writer {
-            Some(writer) => writer.submit(lane, held, write),
-            None => drop(self.runtime.spawn(async move {
-                drop(tokio::task::spawn_blocking(write));
-            })),
-        }
+    /// The chunks of a blob, or an empty list if it has no finer chunking.
+    pub fn chunk_list(&self, digest: &B3Digest, size: u64) -> Result<Arc<Vec<Chunk>>, StoreError> {
+        self.metadata.chunk_list(digest, size)
     }
 
     /// Waits until the writes queued so far are on disk: called on the way
     /// out, so that what this run fetched is there for the next.
     pub fn finish_writes(&self) {
         self.save_traces();
-        if let Some(writer) = &self.writer {
-            writer.flush();
-        }
+        self.disk.flush();
     }
 }

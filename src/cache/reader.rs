@@ -153,7 +153,7 @@ impl CachedStore {
     /// A large unchunked blob: the shared object with a verified outboard,
     /// or fetched from the store into a file (then published).
     fn whole_blob(&self, digest: &B3Digest, size: u64) -> Result<WholeBlob, StoreError> {
-        if let Some(objects) = &self.objects {
+        if let Some(objects) = self.disk.objects() {
             if let Some(file) = objects.open_blob(digest, size) {
                 let groups = outboard::groups(size) as u64 * 32;
                 let leaves = objects
@@ -198,11 +198,12 @@ impl CachedStore {
         }
         let outboard = builder.finish();
         let leaves = outboard::verified_leaves(digest, size, &outboard)?;
-        if let Some(objects) = self.objects.clone() {
+        if let Some(objects) = self.disk.objects().cloned() {
             let digest = *digest;
-            self.write_behind(Lane::Demand, outboard.len(), move || {
-                objects.put(ObjectKind::Outboard, &digest, &outboard)
-            });
+            self.disk
+                .write_behind(Lane::Demand, outboard.len(), move || {
+                    objects.put(ObjectKind::Outboard, &digest, &outboard)
+                });
         }
         Some(leaves)
     }
@@ -212,7 +213,7 @@ impl CachedStore {
             digest: *digest,
             source,
         };
-        let temp = match &self.objects {
+        let temp = match self.disk.objects() {
             Some(objects) => objects.temp_file(),
             None => match &self.config.spool_dir {
                 Some(dir) => tempfile::NamedTempFile::new_in(dir),
@@ -222,10 +223,14 @@ impl CachedStore {
         let mut temp = temp.map_err(sink_error)?;
         let mut builder = OutboardBuilder::default();
         // One hashing pass: the outboard's root is compared with the digest.
-        self.call(self.store.stream_blob_unverified(digest, size, |piece| {
-            builder.update(piece);
-            temp.write_all(piece)
-        }))?;
+        self.remote.call(
+            self.remote
+                .store()
+                .stream_blob_unverified(digest, size, |piece| {
+                    builder.update(piece);
+                    temp.write_all(piece)
+                }),
+        )?;
         self.stats
             .store_bytes_fetched
             .fetch_add(size, Ordering::Relaxed);
@@ -238,15 +243,15 @@ impl CachedStore {
                 },
                 None => changed_under_us(digest, 0),
             };
-            self.count_failure(&e);
+            self.stats.store_failed(&e);
             return Err(e);
         };
         // The same open file (read-write, so pread works): no second open.
         let file = temp.as_file().try_clone().map_err(sink_error)?;
-        match self.objects.clone() {
+        match self.disk.objects().cloned() {
             Some(objects) => {
                 let digest = *digest;
-                self.write_behind(Lane::Demand, outboard.len(), move || {
+                self.disk.write_behind(Lane::Demand, outboard.len(), move || {
                     objects.put(ObjectKind::Outboard, &digest, &outboard);
                     if let Err(e) = objects.publish_file(ObjectKind::Blob, &digest, temp) {
                         tracing::warn!(blob = %digest, error = %e, "keeping a fetched blob in the disk cache failed");
@@ -426,7 +431,7 @@ impl CachedStore {
     /// rest of the chunk and verified through its outboard, when the chunk
     /// is not in memory or on its way.
     fn chunk_part(&self, chunk: &Chunk, from: u64, to: u64) -> Result<bytes::Bytes, PartMiss> {
-        let Some(objects) = self.objects.as_ref() else {
+        let Some(objects) = self.disk.objects() else {
             return Err(PartMiss::NotApplicable);
         };
         if chunk.size <= GROUP || from >= to || to > chunk.size || self.in_memory_or_flight(chunk) {
@@ -453,18 +458,21 @@ impl CachedStore {
             objects.reject(ObjectKind::Outboard, &chunk.digest);
             return Err(PartMiss::NoOutboard);
         }
-        self.hit(false);
+        self.stats.memory_hit(false);
         Ok(bytes::Bytes::from(data).slice((from - start) as usize..(to - start) as usize))
     }
 
     /// Writes the outboard of a verified chunk (one cached before
     /// outboards were, or whose outboard went missing or bad).
     fn write_outboard(&self, chunk: &Chunk, data: &[u8]) {
-        if let (Some(objects), Some(outboard)) = (self.objects.clone(), outboard::compute(data)) {
+        if let (Some(objects), Some(outboard)) =
+            (self.disk.objects().cloned(), outboard::compute(data))
+        {
             let digest = chunk.digest;
-            self.write_behind(Lane::Demand, outboard.len(), move || {
-                objects.put(ObjectKind::Outboard, &digest, &outboard)
-            });
+            self.disk
+                .write_behind(Lane::Demand, outboard.len(), move || {
+                    objects.put(ObjectKind::Outboard, &digest, &outboard)
+                });
         }
     }
 }
@@ -572,7 +580,7 @@ impl ContentSource for CachedStore {
                     self.stats
                         .verification_failures
                         .fetch_add(1, Ordering::Relaxed);
-                    if let (BlobSource::Whole(w), Some(objects)) = (&*source, &self.objects) {
+                    if let (BlobSource::Whole(w), Some(objects)) = (&*source, self.disk.objects()) {
                         if w.shared {
                             objects.reject(ObjectKind::Blob, &blob.digest);
                         }

@@ -58,6 +58,28 @@ counters! {
     traces_written: "Access traces of store paths written to this instance's mappings.",
 }
 
+impl Stats {
+    /// Counts a memory cache lookup.
+    pub fn memory_hit(&self, hit: bool) {
+        let counter = if hit {
+            &self.memory_hits
+        } else {
+            &self.memory_misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a store call that failed, and what it sent that failed
+    /// verification, by kind.
+    pub fn store_failed(&self, e: &crate::store::StoreError) {
+        self.store_errors.fetch_add(1, Ordering::Relaxed);
+        if let Some(kind) = e.rejected_kind() {
+            self.rejected.from_store(kind);
+            self.verification_failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// What the store can send that fails verification (the `kind` label of
 /// [`Rejections`] from the store: [`crate::store::StoreError::rejected_kind`]).
 pub const STORE_KINDS: [&str; 5] = [

@@ -226,7 +226,7 @@ impl Fetcher<'_> {
         let stream =
             store.prefetch_blob_stream(file.digest, file.size, chunks.clone(), STREAM_WINDOW);
         let done = store.clone();
-        store.runtime.spawn(async move {
+        store.remote.runtime().spawn(async move {
             let _ = stream.await;
             let mut fetching = done.prefetcher.fetching.lock();
             for chunk in chunks.iter() {
@@ -256,7 +256,8 @@ impl Fetcher<'_> {
     fn permit_when_idle(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
         let permit = self
             .store
-            .runtime
+            .remote
+            .runtime()
             .block_on(self.permits.clone().acquire_owned())
             .ok()?;
         // Demand first: wait until the guest waits for nothing else.
@@ -285,7 +286,7 @@ impl Fetcher<'_> {
         store.prefetcher.fetching.lock().insert(chunk.digest);
         let fetch = store.chunk_fetch(&chunk, Lane::Prefetch);
         let done = store.clone();
-        store.runtime.spawn(async move {
+        store.remote.runtime().spawn(async move {
             let _ = fetch.await;
             done.prefetcher.fetching.lock().remove(&chunk.digest);
             drop(permit);

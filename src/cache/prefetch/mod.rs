@@ -89,7 +89,7 @@ impl CachedStore {
         if !self.prefetch_on() {
             return;
         }
-        if let Some(files) = self.mappings.as_ref().and_then(|m| m.trace(&hash)) {
+        if let Some(files) = self.disk.mappings().and_then(|m| m.trace(&hash)) {
             if !files.is_empty() {
                 self.prefetcher.replayed.lock().insert(hash);
                 tracing::debug!(
@@ -160,7 +160,7 @@ impl CachedStore {
     }
 
     fn save_trace(&self, store_path: [u8; 20]) {
-        let Some(mappings) = self.mappings.clone() else {
+        let Some(mappings) = self.disk.mappings().cloned() else {
             return;
         };
         let Some(encoded) = self.prefetcher.recorder.take(&store_path) else {
@@ -170,10 +170,11 @@ impl CachedStore {
             return;
         }
         let stats = self.stats.clone();
-        self.write_behind(Lane::Prefetch, encoded.len(), move || {
-            mappings.put_trace(&store_path, &encoded);
-            stats.traces_written.fetch_add(1, Ordering::Relaxed);
-        });
+        self.disk
+            .write_behind(Lane::Prefetch, encoded.len(), move || {
+                mappings.put_trace(&store_path, &encoded);
+                stats.traces_written.fetch_add(1, Ordering::Relaxed);
+            });
     }
 
     /// Whether `digest` (a root or directory) is queued for the first time.
