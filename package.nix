@@ -33,6 +33,9 @@ let
     "tests/support/src"
     "benches/loadgen/Cargo.toml"
     "benches/loadgen/src"
+    "fuzz/Cargo.toml"
+    "fuzz/src"
+    "fuzz/fuzz_targets"
   ];
 in
 rustPlatform.buildRustPackage {

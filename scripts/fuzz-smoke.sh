@@ -13,7 +13,8 @@ cd "$(dirname "$0")/../fuzz"
 seconds=${1:-20}
 export RUSTC_BOOTSTRAP=1
 
-# The lock file is committed: fail rather than resolve anew.
+# The lock file (the workspace's, Cargo.lock at the root) is committed:
+# fail rather than resolve anew.
 cargo fetch --locked --quiet
 time cargo fuzz build
 

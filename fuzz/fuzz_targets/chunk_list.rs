@@ -2,7 +2,8 @@
 //! from the disk cache (40-byte records, `cache::mappings`). The input is
 //! the blob's size (8 bytes, little-endian) followed by the message.
 
-#![no_main]
+// libFuzzer's main, except in a test build (fuzz/Cargo.toml).
+#![cfg_attr(not(test), no_main)]
 
 use libfuzzer_sys::fuzz_target;
 use prost::Message;

@@ -1,7 +1,8 @@
 //! A Directory from the store (DirectoryService.Get) or from the disk cache
 //! (its canonical encoding): decoding and validation.
 
-#![no_main]
+// libFuzzer's main, except in a test build (fuzz/Cargo.toml).
+#![cfg_attr(not(test), no_main)]
 
 use libfuzzer_sys::fuzz_target;
 use prost::Message;

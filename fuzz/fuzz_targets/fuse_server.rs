@@ -4,7 +4,8 @@
 //! (see `fixture.rs`). Each input starts a new filesystem, as a new VMM
 //! connection does.
 
-#![no_main]
+// libFuzzer's main, except in a test build (fuzz/Cargo.toml).
+#![cfg_attr(not(test), no_main)]
 
 use std::sync::Arc;
 

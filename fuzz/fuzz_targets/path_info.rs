@@ -2,7 +2,8 @@
 //! (PathInfoService.Get and List) and as the disk cache keeps it (a castore
 //! Node).
 
-#![no_main]
+// libFuzzer's main, except in a test build (fuzz/Cargo.toml).
+#![cfg_attr(not(test), no_main)]
 
 use libfuzzer_sys::fuzz_target;
 use prost::Message;

@@ -1,7 +1,8 @@
 //! Store addresses (`--store` and the per-service flags) and the channels
 //! made from them.
 
-#![no_main]
+// libFuzzer's main, except in a test build (fuzz/Cargo.toml).
+#![cfg_attr(not(test), no_main)]
 
 use std::time::Duration;
 

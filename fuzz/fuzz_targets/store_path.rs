@@ -1,6 +1,7 @@
 //! Store path basenames the guest looks up, and the nixbase32 inside them.
 
-#![no_main]
+// libFuzzer's main, except in a test build (fuzz/Cargo.toml).
+#![cfg_attr(not(test), no_main)]
 
 use libfuzzer_sys::fuzz_target;
 use tvix_virtiofsd::store::{nixbase32, store_path};

@@ -45,13 +45,16 @@ let
     "tests/support/Cargo.toml"
     "tests/support/src/vhost_frontend.rs"
     "benches/loadgen/Cargo.toml"
+    "fuzz/Cargo.toml"
+    "fuzz/fuzz_targets/fuse_server.rs"
   ];
   unwanted = [
     "target"
     "tests/fixture-store/target"
     "tests/fuse_e2e.rs"
     "tests/nixos"
-    "fuzz"
+    "fuzz/corpus"
+    "fuzz/tests"
     "scripts"
     ".git"
     "flake.nix"
