@@ -29,8 +29,8 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use super::fetch::{ChunkAssembler, ChunkFuture, StreamDelivery};
-use super::{CachedStore, Lane};
+use super::fetch::{ChunkAssembler, ChunkFetcher, ChunkFuture, StreamDelivery};
+use super::lanes::Lane;
 use crate::store::{B3Digest, BlobPieces, Chunk, StoreError};
 
 /// A stream whose reader has not moved on for this long ends: the file is
@@ -73,7 +73,7 @@ impl Progress {
     }
 
     /// Lets go of the chunks delivered that the reader did not take.
-    fn release_delivered(&self, store: &CachedStore) {
+    fn release_delivered(&self, store: &ChunkFetcher) {
         for (_, digest, wait) in self.delivered.lock().drain(..) {
             store.release_streamed(&digest, &wait);
         }
@@ -83,7 +83,7 @@ impl Progress {
 /// The reader's handle on its stream; dropping it ends the stream.
 pub(super) struct BlobStream {
     progress: Arc<Progress>,
-    store: Weak<CachedStore>,
+    store: Weak<ChunkFetcher>,
 }
 
 impl BlobStream {
@@ -114,7 +114,7 @@ impl Drop for BlobStream {
     }
 }
 
-impl CachedStore {
+impl ChunkFetcher {
     /// Starts streaming the blob `digest` of `size` bytes, split into
     /// `chunks`, at most `window` chunks ahead of its reader, who is about
     /// to read up to chunk `reader_at`. The chunks up to the window are
@@ -334,4 +334,54 @@ enum Finished {
     AtTheEnd,
     /// The reader let go or stopped reading.
     Left,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering::Relaxed;
+
+    use super::super::test_store::{quiet, Rig, CHUNK};
+    use super::*;
+
+    /// Streams the big file's blob for the prefetch and waits for the end.
+    fn stream_big(rig: &Rig) -> Vec<Chunk> {
+        let chunks = rig.big_chunks();
+        let digest = B3Digest::of(&rig.big);
+        let task = rig.cache.fetcher.prefetch_blob_stream(
+            digest,
+            rig.big.len() as u64,
+            Arc::new(chunks.clone()),
+            2,
+        );
+        futures::executor::block_on(task).unwrap();
+        chunks
+    }
+
+    #[test]
+    fn one_read_of_a_blob_delivers_each_chunk_verified() {
+        let rig = Rig::new(quiet());
+        let chunks = stream_big(&rig);
+        for (i, chunk) in chunks.iter().enumerate() {
+            let data = rig.cache.fetcher.chunk(chunk, false).unwrap();
+            assert!(data == rig.big[i * CHUNK..(i + 1) * CHUNK], "chunk {i}");
+        }
+        assert_eq!(rig.store.calls.blob_reads.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn a_stream_of_wrong_bytes_delivers_nothing_and_readers_fetch_each_chunk() {
+        let rig = Rig::new(quiet());
+        rig.store.corrupt_blob(&B3Digest::of(&rig.big));
+        let chunks = stream_big(&rig);
+        assert_eq!(rig.cache.stats().verification_failures.load(Relaxed), 1);
+        for (i, chunk) in chunks.iter().enumerate() {
+            let data = rig.cache.fetcher.chunk(chunk, false).unwrap();
+            assert!(data == rig.big[i * CHUNK..(i + 1) * CHUNK], "chunk {i}");
+        }
+        // The stream, then each chunk on its own.
+        assert_eq!(
+            rig.store.calls.blob_reads.load(Relaxed),
+            1 + chunks.len() as u64
+        );
+    }
 }

@@ -7,13 +7,14 @@ use std::sync::Arc;
 
 use tokio::runtime::Handle;
 
+use super::config::CacheConfig;
 use super::eviction::Eviction;
+use super::lanes::Lane;
 use super::layout::{CacheLayout, DiskCacheError};
 use super::mappings::PrivateMappings;
 use super::objects::SharedObjects;
 use super::stats::Stats;
 use super::write_behind::WriteBehind;
-use super::{CacheConfig, Lane};
 
 pub(super) struct Disk {
     objects: Option<Arc<SharedObjects>>,

@@ -5,15 +5,23 @@
 //! shared fetch may have been made for another node naming the same
 //! digest with another size.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt, Shared};
+use parking_lot::Mutex;
+use tokio::sync::Semaphore;
 
+use super::disk::Disk;
+use super::lanes::Lane;
 use super::layout::ObjectKind;
-use super::readahead::DiskReadahead;
-use super::{buffers, outboard, CachedStore, Lane};
+use super::memory_cache::{memory_cache, MemoryCache};
+use super::readahead::{DiskReadahead, ReadsAhead};
+use super::remote::Remote;
+use super::stats::Stats;
+use super::{buffers, outboard};
 use crate::store::{B3Digest, Chunk, StoreError};
 
 pub type ChunkResult = Result<Bytes, Arc<StoreError>>;
@@ -21,7 +29,7 @@ pub type ChunkFuture = Shared<BoxFuture<'static, ChunkResult>>;
 /// Where a disk read hands its result (`None`: not on disk) to waiters.
 type DiskReadDone = tokio::sync::oneshot::Sender<Option<ChunkResult>>;
 
-/// The outcome of [`CachedStore::claim_disk_read`].
+/// The outcome of [`ChunkFetcher::claim_disk_read`].
 enum DiskClaim {
     /// Ours to read; the future is what waiters get (it fetches from the
     /// store if the read finds nothing).
@@ -45,13 +53,56 @@ fn of_its_size(chunk: &Chunk, data: Bytes) -> ChunkResult {
     }
 }
 
-impl CachedStore {
+/// The chunk fetcher: the chunks in memory, the fetches and disk reads
+/// under way (one per chunk, whoever asks: single-flight), the read-ahead
+/// of sequential readers, and streams of whole blobs (`blob_stream.rs`).
+pub(super) struct ChunkFetcher {
+    chunks: MemoryCache<B3Digest, Bytes>,
+    in_flight: Mutex<HashMap<B3Digest, ChunkFuture>>,
+    /// Bounds the read-ahead fetches from the store in flight.
+    readahead: Arc<Semaphore>,
+    /// Started on first use; `None` without a disk cache or if the thread
+    /// could not be started.
+    disk_readahead: OnceLock<Option<DiskReadahead>>,
+    pub(super) remote: Arc<Remote>,
+    disk: Arc<Disk>,
+    pub(super) stats: Arc<Stats>,
+}
+
+impl ChunkFetcher {
+    /// A fetcher keeping about `memory_bytes` of chunks in memory, with
+    /// up to `2 * readahead_chunks` read-ahead fetches at once.
+    pub(super) fn new(
+        memory_bytes: u64,
+        readahead_chunks: usize,
+        remote: Arc<Remote>,
+        disk: Arc<Disk>,
+        stats: Arc<Stats>,
+    ) -> Self {
+        Self {
+            chunks: memory_cache(memory_bytes, 256 << 10, &stats),
+            in_flight: Mutex::new(HashMap::new()),
+            readahead: Arc::new(Semaphore::new(readahead_chunks.max(1) * 2)),
+            disk_readahead: OnceLock::new(),
+            remote,
+            disk,
+            stats,
+        }
+    }
+
+    /// Bytes of chunks in memory now.
+    pub(super) fn memory_bytes(&self) -> u64 {
+        self.chunks.weight()
+    }
+
     /// One chunk's verified bytes, exactly `chunk.size` of them: from
-    /// memory, disk, a fetch already under way, or the store.
+    /// memory, disk, a fetch already under way, or the store. A wait for
+    /// a chunk the prefetch is fetching (`prefetching`) is not store work
+    /// of the guest's own: more prefetching would not speed it up.
     ///
     /// A disk hit is read and verified right here on the calling (request)
     /// thread: a hand-off to the runtime and back costs more than the read.
-    pub fn chunk(self: &Arc<Self>, chunk: &Chunk) -> ChunkResult {
+    pub(super) fn chunk(self: &Arc<Self>, chunk: &Chunk, prefetching: bool) -> ChunkResult {
         if let Some(data) = self.chunks.get(&chunk.digest) {
             self.stats.memory_hit(true);
             return of_its_size(chunk, data);
@@ -70,11 +121,10 @@ impl CachedStore {
             DiskClaim::NoDisk => self.chunk_fetch(chunk, Lane::Demand),
         };
         // Blocked on the store; store work of its own unless the fetch is
-        // the prefetch's, which more prefetching would not speed up.
+        // the prefetch's.
         let result = {
             let _blocked = crate::demand::DEMAND.blocked();
-            let _demand =
-                (!self.being_prefetched(&chunk.digest)).then(|| crate::demand::DEMAND.store_work());
+            let _demand = (!prefetching).then(|| crate::demand::DEMAND.store_work());
             self.remote.runtime().block_on(wait)
         };
         // A chunk read ahead waits in `in_flight` for its reader, outside
@@ -109,7 +159,7 @@ impl CachedStore {
     /// would push chunks out of a small memory cache before they are read.
     /// Returns how many of `chunks` are taken care of; the rest could not
     /// be queued now.
-    pub(super) fn prefetch(self: &Arc<Self>, chunks: &[Chunk], from_disk: usize) -> usize {
+    pub(super) fn read_ahead(self: &Arc<Self>, chunks: &[Chunk], from_disk: usize) -> usize {
         for (queued, chunk) in chunks.iter().enumerate() {
             if self.in_memory_or_flight(chunk) {
                 continue;
@@ -142,7 +192,8 @@ impl CachedStore {
     fn disk_readahead(self: &Arc<Self>) -> Option<&DiskReadahead> {
         self.disk_readahead
             .get_or_init(|| {
-                DiskReadahead::start(Arc::downgrade(self))
+                let fetcher: Arc<dyn ReadsAhead> = self.clone();
+                DiskReadahead::start(Arc::downgrade(&fetcher))
                     .inspect_err(|e| tracing::warn!(error = %e, "no disk read-ahead thread"))
                     .ok()
             })
@@ -155,7 +206,7 @@ impl CachedStore {
     /// cache, until its reader takes it or [`Self::release_if_done`] lets
     /// it go: a small memory cache could drop it before the reader gets
     /// there, and chunks read ahead would push out the ones being read.
-    pub(super) fn read_ahead_from_disk(self: &Arc<Self>, chunk: &Chunk) -> bool {
+    fn read_ahead_from_disk(self: &Arc<Self>, chunk: &Chunk) -> bool {
         match self.claim_disk_read(chunk) {
             DiskClaim::Mine(done, _) => {
                 if self.read_claimed(chunk, done, false).is_none() {
@@ -418,6 +469,16 @@ impl CachedStore {
     }
 }
 
+impl ReadsAhead for ChunkFetcher {
+    fn read_ahead_from_disk(self: Arc<Self>, chunk: &Chunk) -> bool {
+        ChunkFetcher::read_ahead_from_disk(&self, chunk)
+    }
+
+    fn release_if_done(&self, digest: &B3Digest) {
+        ChunkFetcher::release_if_done(self, digest)
+    }
+}
+
 /// Where a stream of a whole blob hands one claimed chunk to its waiters.
 pub(super) type StreamDelivery = tokio::sync::oneshot::Sender<ChunkResult>;
 
@@ -503,10 +564,10 @@ mod with_a_store {
         let barrier = Arc::new(Barrier::new(readers));
         let threads: Vec<_> = (0..readers)
             .map(|_| {
-                let (cache, barrier) = (rig.cache.clone(), barrier.clone());
+                let (fetcher, barrier) = (rig.cache.fetcher.clone(), barrier.clone());
                 std::thread::spawn(move || {
                     barrier.wait();
-                    cache.chunk(&chunk).unwrap()
+                    fetcher.chunk(&chunk, false).unwrap()
                 })
             })
             .collect();
@@ -519,7 +580,7 @@ mod with_a_store {
             readers as u64 - 1
         );
         // And from memory afterwards.
-        rig.cache.chunk(&chunk).unwrap();
+        rig.cache.fetcher.chunk(&chunk, false).unwrap();
         assert_eq!(rig.store.calls.blob_reads.load(Relaxed), 1);
     }
 
@@ -528,7 +589,8 @@ mod with_a_store {
         let rig = Rig::new(quiet());
         let chunk = rig.big_chunks()[2];
         rig.store.corrupt_blob(&chunk.digest);
-        let err = rig.cache.chunk(&chunk).unwrap_err();
+        let fetcher = &rig.cache.fetcher;
+        let err = fetcher.chunk(&chunk, false).unwrap_err();
         assert!(
             matches!(*err, StoreError::BlobDigestMismatch { digest, .. } if digest == chunk.digest),
             "{err}"
@@ -541,7 +603,37 @@ mod with_a_store {
             .any(|counted| counted == ("store", "blob_digest", 1)));
         // Repaired, the next read fetches it again and gets it right.
         rig.store.repair_blob(&chunk.digest);
-        assert_eq!(rig.cache.chunk(&chunk).unwrap(), rig.big[2 * CHUNK..]);
+        assert_eq!(fetcher.chunk(&chunk, false).unwrap(), rig.big[2 * CHUNK..]);
         assert_eq!(rig.store.calls.blob_reads.load(Relaxed), 2);
+    }
+
+    #[test]
+    fn chunks_read_ahead_are_fetched_once_and_found_by_their_reader() {
+        let rig = Rig::new(quiet());
+        let chunks = rig.big_chunks();
+        let fetcher = &rig.cache.fetcher;
+        rig.store.set_latency(Duration::from_millis(200));
+        // At most twice --readahead-chunks (at least 1) fetches at once.
+        assert_eq!(fetcher.read_ahead(&chunks, 0), 2, "bounded");
+        assert_eq!(fetcher.read_ahead(&chunks[2..], 0), 0, "still bounded");
+        for (i, chunk) in chunks.iter().enumerate() {
+            let data = fetcher.chunk(chunk, false).unwrap();
+            assert!(data == rig.big[i * CHUNK..(i + 1) * CHUNK], "chunk {i}");
+        }
+        assert_eq!(
+            rig.store.calls.blob_reads.load(Relaxed),
+            chunks.len() as u64
+        );
+        assert_eq!(rig.cache.stats().readahead_chunks.load(Relaxed), 2);
+        // The first reader joined its read-ahead fetch; the second found
+        // its chunk in memory or joined too.
+        let joins = rig.cache.stats().singleflight_joins.load(Relaxed);
+        assert!(joins >= 1, "{}", rig.cache.stats().render());
+        // In memory now: nothing more to read ahead, nothing fetched.
+        assert_eq!(fetcher.read_ahead(&chunks, 0), chunks.len());
+        assert_eq!(
+            rig.store.calls.blob_reads.load(Relaxed),
+            chunks.len() as u64
+        );
     }
 }

@@ -36,6 +36,12 @@ pub const LAYOUT: &str = "v2";
 
 /// Chunks (and small whole blobs) are never longer than this.
 pub const MAX_CHUNK_BYTES: u64 = 4 << 20;
+/// Blobs (or chunks) up to this size are fetched into memory; larger blobs
+/// without finer chunking go to a file instead.
+pub const MAX_IN_MEMORY_BLOB: u64 = MAX_CHUNK_BYTES;
+/// Blobs up to this size are read whole without asking for their chunks
+/// (one chunk of a content-defined chunker is about this large anyway).
+pub(super) const SMALL_BLOB: u64 = 256 << 10;
 /// The largest Directory encoding the store client accepts.
 pub const MAX_DIRECTORY_BYTES: u64 = 16 << 20;
 
@@ -154,7 +160,7 @@ impl MappingKind {
             MappingKind::PathInfo => 16 << 10,
             // 40 bytes per chunk.
             MappingKind::ChunkList => 16 << 20,
-            MappingKind::Trace => super::prefetch::trace::MAX_BYTES + B3Digest::LEN as u64,
+            MappingKind::Trace => super::trace::MAX_BYTES + B3Digest::LEN as u64,
         }
     }
 }

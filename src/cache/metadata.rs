@@ -11,11 +11,11 @@ use bytes::Bytes;
 use prost::Message;
 
 use super::disk::Disk;
+use super::lanes::Lane;
 use super::layout::ObjectKind;
 use super::memory_cache::{memory_cache, MemoryCache, Weight, ENTRY_OVERHEAD};
 use super::remote::Remote;
 use super::stats::Stats;
-use super::Lane;
 use crate::proto::castore;
 use crate::store::directory::{check_announced_size, validate_directory};
 use crate::store::{B3Digest, Chunk, DirEntry, Directory, Node, StoreError};
@@ -365,7 +365,7 @@ mod tests {
     #[test]
     fn the_next_daemon_of_an_instance_finds_its_metadata_on_disk() {
         let dir = tempfile::tempdir().unwrap();
-        let config = super::super::CacheConfig {
+        let config = super::super::config::CacheConfig {
             disk_dir: Some(dir.path().to_owned()),
             instance: Some("vm1".parse().unwrap()),
             ..quiet()
@@ -386,7 +386,10 @@ mod tests {
             .unwrap();
         assert_eq!(answered, Answered::FromCache, "from the mappings");
         assert_eq!(found.name.as_ref(), TREE_NAME);
-        second.cache.directory(&second.root.0, second.root.1).unwrap();
+        second
+            .cache
+            .directory(&second.root.0, second.root.1)
+            .unwrap();
         second.cache.directory(&second.sub.0, second.sub.1).unwrap();
         assert_eq!(second.big_chunks().len(), 3);
         assert_eq!(second.store.calls.total(), 0, "{:?}", second.store.calls);

@@ -1,34 +1,40 @@
 //! The cache and fetch layer between the filesystem and the store client.
 //! The filesystem asks for metadata and bytes through [`ContentSource`] and
-//! gets only verified answers. The rooms:
+//! gets only verified answers. [`CachedStore`] owns the parts, each with
+//! its own state and its own tests (against the in-memory store,
+//! `test_store`):
 //!
-//! - `objects`: shared, content-addressed objects on disk (chunks, whole
-//!   blobs, outboards, Directories), checked against their digest on every
-//!   read, whoever wrote them;
-//! - `mappings`: this instance's private store path and chunk-list
-//!   mappings, which no other daemon can reach;
-//! - `eviction`: the disk bound, with a bounded wait for the shared lock;
-//! - `metadata`: path infos, Directories and chunk lists (memory, then
-//!   disk, then the store);
-//! - `fetch`: one chunk's bytes from memory, disk or the store, with
-//!   concurrent requests sharing one fetch;
-//! - `reader`: the read policy (partial reads through outboards, repair of
-//!   missing outboards, whole blobs checked group by group on every read,
-//!   read-ahead distances);
-//! - `readahead`: the thread that reads ahead from disk;
+//! - `remote`: the store's calls from the filesystem's threads;
+//! - `disk`: the disk side, over `objects` (shared, content-addressed
+//!   objects: chunks, whole blobs, outboards, Directories, checked against
+//!   their digest on every read, whoever wrote them), `mappings` (this
+//!   instance's private store path and chunk-list mappings, which no other
+//!   daemon can reach), `write_behind` (the thread that writes to disk,
+//!   with a bounded queue) and `eviction` (the disk bound, with a bounded
+//!   wait for the shared lock);
+//! - `metadata`: the metadata cache: path infos, Directories and chunk
+//!   lists (memory, then disk, then the store);
+//! - `fetch`: the chunk fetcher: one chunk's bytes from memory, disk or
+//!   the store, with concurrent requests sharing one fetch, read-ahead
+//!   (`readahead`: the thread that reads ahead from disk) and streams of
+//!   whole blobs (`blob_stream`);
 //! - `prefetch`: fetching ahead what the guest is likely to read (its
 //!   access trace, or a guess), on a lane of its own that yields to the
 //!   guest's demand;
-//! - `write_behind`: the thread that writes to disk, with a bounded queue.
+//! - `reader`: the read policy on top (partial reads through outboards,
+//!   repair of missing outboards, whole blobs checked group by group on
+//!   every read, read-ahead distances).
 //!
 //! With the store down, everything cached keeps being served.
 
 mod blob_stream;
 mod buffers;
+mod config;
 mod disk;
 mod eviction;
 mod fetch;
 mod files;
+mod lanes;
 mod layout;
 pub(crate) mod mappings;
 mod memory_cache;
@@ -43,94 +49,31 @@ mod source;
 pub mod stats;
 #[cfg(test)]
 mod test_store;
+pub mod trace;
 mod write_behind;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::Arc;
 
-use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::runtime::Handle;
-use tokio::sync::Semaphore;
 
 use crate::store::{B3Digest, Chunk, DirEntry, Directory, Store, StoreError};
+pub use config::{CacheConfig, PrefetchGuess};
 use disk::Disk;
 pub use eviction::{Outcome as EvictionOutcome, LOCK_WAIT as EVICTION_LOCK_WAIT};
-use fetch::ChunkFuture;
+use fetch::{ChunkFetcher, ChunkResult};
+pub use lanes::Lane;
 pub use layout::DiskCacheError;
+pub use layout::MAX_IN_MEMORY_BLOB;
 pub use layout::{CacheLayout, InstanceName, LAYOUT};
 pub use mappings::{decode_chunk_list, encode_chunk_list};
-use memory_cache::{memory_cache, MemoryCache};
 use metadata::{Answered, MetadataBudget, MetadataCache};
 pub use objects::SharedObjects;
-pub use prefetch::PrefetchGuess;
 use prefetch::Prefetcher;
-use readahead::DiskReadahead;
-pub use reader::MAX_IN_MEMORY_BLOB;
 use remote::Remote;
 pub use source::{ContentSource, FileOrigin, OpenBlob, ReadError};
 pub use stats::{Stats, StatsReporter};
-
-/// How much to keep where.
-#[derive(Clone, Debug)]
-pub struct CacheConfig {
-    /// Bytes of memory for chunks, Directories, chunk lists and path infos.
-    pub memory_bytes: u64,
-    /// Directory of the persistent disk cache; `None`: memory only.
-    pub disk_dir: Option<PathBuf>,
-    /// This daemon's name: where its private mappings live on disk.
-    pub instance: Option<InstanceName>,
-    /// Bound of the disk cache directory as a whole.
-    pub disk_bytes: u64,
-    /// How long "no such store path" is remembered.
-    pub negative_ttl: Duration,
-    /// Chunks fetched ahead of a sequential reader (0: no readahead).
-    pub readahead_chunks: usize,
-    /// Where large unchunked blobs are spooled without a disk cache.
-    pub spool_dir: Option<PathBuf>,
-    /// Bytes fetched ahead per store path at most (0: no prefetch and no
-    /// access trace).
-    pub prefetch_bytes: u64,
-    /// What to fetch ahead for a store path without an access trace.
-    pub prefetch_guess: PrefetchGuess,
-}
-
-impl Default for CacheConfig {
-    fn default() -> Self {
-        Self {
-            memory_bytes: 128 << 20,
-            disk_dir: None,
-            instance: None,
-            disk_bytes: 10 << 30,
-            negative_ttl: Duration::from_secs(1),
-            readahead_chunks: 32,
-            spool_dir: None,
-            prefetch_bytes: 0,
-            prefetch_guess: PrefetchGuess::default(),
-        }
-    }
-}
-
-/// Whose work a fetch or a disk write is: a reader's, or the prefetch's
-/// (which yields to a reader's everywhere).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Lane {
-    Demand,
-    Prefetch,
-}
-
-impl Lane {
-    /// The lane of work done on the calling thread.
-    fn of_this_thread() -> Self {
-        if prefetch::on_prefetch_lane() {
-            Lane::Prefetch
-        } else {
-            Lane::Demand
-        }
-    }
-}
 
 /// The store as the filesystem sees it: cached, verified, shared fetches.
 /// It owns the parts, each with its own state: the store's calls
@@ -144,12 +87,7 @@ pub struct CachedStore {
     metadata: MetadataCache,
     config: CacheConfig,
     stats: Arc<Stats>,
-    chunks: MemoryCache<B3Digest, Bytes>,
-    in_flight: Mutex<HashMap<B3Digest, ChunkFuture>>,
-    readahead: Arc<Semaphore>,
-    /// Started on first use; `None` without a disk cache or if the thread
-    /// could not be started.
-    disk_readahead: OnceLock<Option<DiskReadahead>>,
+    fetcher: Arc<ChunkFetcher>,
     /// The prefetch: access traces, guesses, and its lane.
     prefetcher: Prefetcher,
     /// Open blobs by digest and size, so concurrent readers of a large
@@ -187,10 +125,13 @@ impl CachedStore {
         );
         Ok(Arc::new_cyclic(|this| Self {
             this: this.clone(),
-            chunks: memory_cache(chunk_bytes, 256 << 10, &stats),
-            readahead: Arc::new(Semaphore::new(config.readahead_chunks.max(1) * 2)),
-            in_flight: Mutex::new(HashMap::new()),
-            disk_readahead: OnceLock::new(),
+            fetcher: Arc::new(ChunkFetcher::new(
+                chunk_bytes,
+                config.readahead_chunks,
+                remote.clone(),
+                disk.clone(),
+                stats.clone(),
+            )),
             prefetcher: Prefetcher::default(),
             blob_slots: Mutex::new(HashMap::new()),
             remote,
@@ -212,7 +153,7 @@ impl CachedStore {
 
     /// Bytes held by the memory caches now (their weights), for metrics.
     pub fn memory_bytes(&self) -> u64 {
-        self.chunks.weight() + self.metadata.memory_bytes()
+        self.fetcher.memory_bytes() + self.metadata.memory_bytes()
     }
 
     /// The root node of the store path `name` (whose hash decodes to
@@ -243,6 +184,12 @@ impl CachedStore {
     /// The chunks of a blob, or an empty list if it has no finer chunking.
     pub fn chunk_list(&self, digest: &B3Digest, size: u64) -> Result<Arc<Vec<Chunk>>, StoreError> {
         self.metadata.chunk_list(digest, size)
+    }
+
+    /// One chunk's verified bytes, exactly `chunk.size` of them.
+    pub fn chunk(&self, chunk: &Chunk) -> ChunkResult {
+        self.fetcher
+            .chunk(chunk, self.being_prefetched(&chunk.digest))
     }
 
     /// Waits until the writes queued so far are on disk: called on the way

@@ -8,11 +8,10 @@
 
 use std::collections::VecDeque;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::thread;
 
-use super::CachedStore;
-use crate::store::Chunk;
+use crate::store::{B3Digest, Chunk};
 
 /// Chunks waiting for the thread; more requests than this are dropped (the
 /// reader then reads those chunks itself).
@@ -21,13 +20,23 @@ const QUEUE: usize = 64;
 /// bound); after this many newer ones, an unclaimed chunk is let go.
 const KEEP: usize = 32;
 
+/// What the thread reads for: the chunk fetcher, which holds what is read
+/// ahead for its reader.
+pub(super) trait ReadsAhead: Send + Sync + 'static {
+    /// Reads `chunk` from disk unless it is in memory or on its way
+    /// already; whether it did.
+    fn read_ahead_from_disk(self: Arc<Self>, chunk: &Chunk) -> bool;
+    /// Lets go of a chunk read ahead that no reader took.
+    fn release_if_done(&self, digest: &B3Digest);
+}
+
 pub(super) struct DiskReadahead {
     queue: SyncSender<Chunk>,
 }
 
 impl DiskReadahead {
-    /// Starts the thread. It exits once the store is dropped.
-    pub fn start(store: Weak<CachedStore>) -> std::io::Result<Self> {
+    /// Starts the thread. It exits once `store` is dropped.
+    pub fn start(store: Weak<dyn ReadsAhead>) -> std::io::Result<Self> {
         let (queue, requests) = sync_channel(QUEUE);
         thread::Builder::new()
             .name("disk-readahead".into())
@@ -41,13 +50,13 @@ impl DiskReadahead {
     }
 }
 
-fn run(store: &Weak<CachedStore>, requests: &Receiver<Chunk>) {
+fn run(store: &Weak<dyn ReadsAhead>, requests: &Receiver<Chunk>) {
     let mut unclaimed = VecDeque::with_capacity(KEEP + 1);
     while let Ok(chunk) = requests.recv() {
         let Some(store) = store.upgrade() else {
             return;
         };
-        if store.read_ahead_from_disk(&chunk) {
+        if store.clone().read_ahead_from_disk(&chunk) {
             unclaimed.push_back(chunk.digest);
             if unclaimed.len() > KEEP {
                 if let Some(oldest) = unclaimed.pop_front() {

@@ -27,18 +27,14 @@ use blake3::hazmat::ChainingValue;
 use parking_lot::Mutex;
 
 use super::blob_stream;
-use super::layout::ObjectKind;
+use super::lanes::Lane;
+use super::layout::{ObjectKind, MAX_IN_MEMORY_BLOB, SMALL_BLOB};
 use super::outboard::{self, OutboardBuilder, GROUP};
+use super::source::FileOrigin;
 use super::source::{ContentSource, OpenBlob, ReadError};
-use super::{CachedStore, FileOrigin, Lane};
+use super::CachedStore;
 use crate::store::{B3Digest, Chunk, DirEntry, Directory, StoreError};
 
-/// Blobs (or chunks) up to this size are fetched into memory; larger blobs
-/// without finer chunking go to a file instead.
-pub const MAX_IN_MEMORY_BLOB: u64 = super::layout::MAX_CHUNK_BYTES;
-/// Blobs up to this size are read whole without asking for their chunks
-/// (one chunk of a content-defined chunker is about this large anyway).
-pub(super) const SMALL_BLOB: u64 = 256 << 10;
 /// How many chunks past a sequential read are read ahead from the disk
 /// cache: enough to keep the read-ahead thread busy while the guest works.
 const DISK_READAHEAD: usize = 8;
@@ -372,7 +368,7 @@ impl CachedStore {
             let start = (last + 1).max(blob.readahead_end.load(Ordering::Relaxed));
             if start < end {
                 let from_disk = (last + 1 + DISK_READAHEAD).saturating_sub(start);
-                let queued = this.prefetch(&chunks[start..end], from_disk);
+                let queued = this.fetcher.read_ahead(&chunks[start..end], from_disk);
                 blob.readahead_end.store(start + queued, Ordering::Relaxed);
             }
         }
@@ -413,9 +409,9 @@ impl CachedStore {
             && chunks[last + 1..]
                 .iter()
                 .take(2)
-                .all(|c| !self.in_memory_or_flight(c) && !self.on_disk(c));
+                .all(|c| !self.fetcher.in_memory_or_flight(c) && !self.fetcher.on_disk(c));
         if worth_it {
-            let stream = self.this().start_blob_stream(
+            let stream = self.fetcher.start_blob_stream(
                 blob.digest,
                 blob.size,
                 chunks.clone(),
@@ -434,7 +430,11 @@ impl CachedStore {
         let Some(objects) = self.disk.objects() else {
             return Err(PartMiss::NotApplicable);
         };
-        if chunk.size <= GROUP || from >= to || to > chunk.size || self.in_memory_or_flight(chunk) {
+        if chunk.size <= GROUP
+            || from >= to
+            || to > chunk.size
+            || self.fetcher.in_memory_or_flight(chunk)
+        {
             return Err(PartMiss::NotApplicable);
         }
         let groups = outboard::groups(chunk.size) as u64 * 32;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use tokio::runtime::Handle;
 
-use super::prefetch;
+use super::lanes::on_prefetch_lane;
 use super::stats::Stats;
 use crate::store::{Store, StoreError};
 
@@ -46,7 +46,7 @@ impl Remote {
         self.stats.store_requests.fetch_add(1, Ordering::Relaxed);
         // A request thread waiting for the store: demand the prefetch
         // yields to (the prefetch's own calls are not).
-        let _demand = (!prefetch::on_prefetch_lane()).then(|| {
+        let _demand = (!on_prefetch_lane()).then(|| {
             (
                 crate::demand::DEMAND.store_work(),
                 crate::demand::DEMAND.blocked(),

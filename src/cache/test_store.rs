@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use tokio::runtime::Runtime;
 
-use super::{CacheConfig, CachedStore, ContentSource, FileOrigin, OpenBlob, ReadError};
+use super::config::CacheConfig;
+use super::source::{ContentSource, FileOrigin, OpenBlob, ReadError};
+use super::CachedStore;
 use crate::store::memory::build::{directory, directory_of, file};
 use crate::store::memory::MemoryStore;
 use crate::store::{B3Digest, Chunk, Node};

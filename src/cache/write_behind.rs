@@ -27,8 +27,8 @@ use std::thread;
 
 use parking_lot::{Condvar, Mutex};
 
+use super::lanes::Lane;
 use super::stats::Stats;
-use super::Lane;
 
 /// Bytes the writes waiting for the thread may hold (their data).
 pub const QUEUE_BYTES: u64 = 64 << 20;

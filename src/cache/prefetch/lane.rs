@@ -2,7 +2,6 @@
 //! into fetches, each started only when the guest waits for nothing else,
 //! with at most [`PARALLEL`] of them in flight.
 
-use std::cell::Cell;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Weak};
@@ -11,9 +10,11 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
-use super::trace::TracedFile;
-use super::SMALL_BLOB;
-use crate::cache::{CachedStore, Lane};
+use crate::cache::lanes::enter_prefetch_lane;
+use crate::cache::lanes::Lane;
+use crate::cache::layout::SMALL_BLOB;
+use crate::cache::trace::TracedFile;
+use crate::cache::CachedStore;
 use crate::demand::DEMAND;
 use crate::store::{B3Digest, Chunk, Node};
 
@@ -31,16 +32,6 @@ const STREAM_FROM: usize = 2;
 const STREAM_WINDOW: usize = 4;
 /// How often a paused lane looks whether the guest is idle again.
 const PAUSE_POLL: Duration = Duration::from_millis(1);
-
-thread_local! {
-    static ON_LANE: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Whether the calling thread is the prefetch's (its store calls are not
-/// the guest's demand).
-pub(in crate::cache) fn on_prefetch_lane() -> bool {
-    ON_LANE.with(Cell::get)
-}
 
 /// One piece of prefetch work, for one store path.
 pub(super) enum Job {
@@ -84,7 +75,7 @@ impl PrefetchLane {
 }
 
 fn run(store: &Weak<CachedStore>, jobs: &Receiver<Job>) {
-    ON_LANE.with(|on| on.set(true));
+    enter_prefetch_lane();
     let permits = Arc::new(Semaphore::new(PARALLEL));
     while let Ok(job) = jobs.recv() {
         let Some(store) = store.upgrade() else {
@@ -223,8 +214,12 @@ impl Fetcher<'_> {
         // All of them count as the lane's until the stream ends, also
         // those further on that the guest may fetch itself meanwhile (the
         // lane then keeps at most its few fetches in flight, as ever).
-        let stream =
-            store.prefetch_blob_stream(file.digest, file.size, chunks.clone(), STREAM_WINDOW);
+        let stream = store.fetcher.prefetch_blob_stream(
+            file.digest,
+            file.size,
+            chunks.clone(),
+            STREAM_WINDOW,
+        );
         let done = store.clone();
         store.remote.runtime().spawn(async move {
             let _ = stream.await;
@@ -284,7 +279,7 @@ impl Fetcher<'_> {
         self.bytes += chunk.size;
         store.stats.prefetched_files.fetch_add(1, Ordering::Relaxed);
         store.prefetcher.fetching.lock().insert(chunk.digest);
-        let fetch = store.chunk_fetch(&chunk, Lane::Prefetch);
+        let fetch = store.fetcher.chunk_fetch(&chunk, Lane::Prefetch);
         let done = store.clone();
         store.remote.runtime().spawn(async move {
             let _ = fetch.await;

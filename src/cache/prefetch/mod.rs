@@ -24,7 +24,6 @@
 //! files included, so a warm cache means no store calls at all).
 
 mod lane;
-pub mod trace;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,26 +31,16 @@ use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 
-use super::reader::SMALL_BLOB;
-use super::{CachedStore, FileOrigin, Lane, MAX_IN_MEMORY_BLOB};
+use super::config::PrefetchGuess;
+use super::lanes::Lane;
+use super::layout::MAX_IN_MEMORY_BLOB;
+use super::layout::SMALL_BLOB;
+use super::source::FileOrigin;
+use super::trace::{self, TracedFile};
+use super::CachedStore;
 use crate::store::{B3Digest, Chunk, Node};
-pub(super) use lane::on_prefetch_lane;
 pub use lane::PARALLEL;
 use lane::{Job, PrefetchLane};
-use trace::TracedFile;
-
-/// What to prefetch for a store path that has no trace yet.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum PrefetchGuess {
-    /// Nothing: only traces are replayed.
-    None,
-    /// The small files of a directory, once the guest opens a file in it.
-    #[default]
-    Directory,
-    /// Every small file of a store path, breadth first, when it is first
-    /// looked up.
-    Tree,
-}
 
 /// Directories visited per store path walk at most (a bound on the walk
 /// itself; the byte budget bounds the fetches).
@@ -220,7 +209,7 @@ impl CachedStore {
 
     /// Whether `chunk` is neither in memory, nor being fetched, nor on disk.
     fn worth_prefetching(&self, chunk: &Chunk) -> bool {
-        !self.in_memory_or_flight(chunk) && !self.on_disk(chunk)
+        !self.fetcher.in_memory_or_flight(chunk) && !self.fetcher.on_disk(chunk)
     }
 
     /// The chunks that cover what the guest read of a traced file: the
