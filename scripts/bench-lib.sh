@@ -19,8 +19,8 @@ usage() { sed -n '2,/^set -euo/p' "$BENCH_SCRIPT" | sed '$d; s/^# \{0,1\}//' >&2
 bench_build() {
   local build
   case $1 in
-    release) build=(cargo build --release --locked --workspace --bins) bindir=$REPO/target/release ;;
-    dev) build=(cargo build --locked --workspace --bins) bindir=$REPO/target/debug ;;
+    release) build=(cargo build --release --locked --workspace --exclude tvix-virtiofsd-fuzz --bins) bindir=$REPO/target/release ;;
+    dev) build=(cargo build --locked --workspace --exclude tvix-virtiofsd-fuzz --bins) bindir=$REPO/target/debug ;;
     *) die "PROFILE must be release or dev: $1" ;;
   esac
   if [ "${NO_BUILD:-0}" = 1 ]; then

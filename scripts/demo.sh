@@ -28,7 +28,9 @@ esac
 tree=${1:-}
 
 scripts/install-deps.sh
-cargo build --release --locked --workspace --bins
+# The daemon, the fixture store and the load generator (not the fuzz
+# targets, which need their own instrumented build).
+cargo build --release --locked --workspace --exclude tvix-virtiofsd-fuzz --bins
 bin=$repo/target/release
 work=$repo/target/demo
 rm -rf "$work"; mkdir -p "$work"
