@@ -1,5 +1,7 @@
-//! Generates the gRPC servers (and messages) the fixture store serves from
-//! the repository's `protos/`, with protox, so no system `protoc` is needed.
+//! Generates the gRPC servers the fixture store serves from the
+//! repository's `protos/`, with protox, so no system `protoc` is needed.
+//! The messages are the daemon's own (`tvix_virtiofsd::proto`): one copy
+//! of them, and the fixture cannot drift from what the daemon decodes.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = "../../protos";
@@ -19,6 +21,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(false)
         .build_server(true)
         .bytes(".")
+        .extern_path(".tvix.castore.v1", "::tvix_virtiofsd::proto::castore")
+        .extern_path(".tvix.store.v1", "::tvix_virtiofsd::proto::store")
         .compile_fds(descriptors)?;
     Ok(())
 }

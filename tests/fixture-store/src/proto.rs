@@ -1,7 +1,6 @@
-//! Code generated from the repository's `protos/` (see this crate's
-//! `build.rs`): the messages and the servers, which the daemon does not
-//! build. The module tree mirrors the protobuf packages, because generated
-//! code refers to other packages by relative paths.
+//! The servers generated from the repository's `protos/` (see this
+//! crate's `build.rs`), which the daemon does not build, beside the
+//! daemon's messages, which they take and return.
 
 #![allow(clippy::all, missing_docs)]
 
@@ -9,12 +8,14 @@ pub mod tvix {
     pub mod castore {
         /// `tvix.castore.v1`: Directory, nodes, BlobService, DirectoryService.
         pub mod v1 {
+            pub use tvix_virtiofsd::proto::castore::*;
             tonic::include_proto!("tvix.castore.v1");
         }
     }
     pub mod store {
         /// `tvix.store.v1`: PathInfo and PathInfoService.
         pub mod v1 {
+            pub use tvix_virtiofsd::proto::store::*;
             tonic::include_proto!("tvix.store.v1");
         }
     }
