@@ -362,7 +362,7 @@ mod tests {
         let rig = Rig::new(quiet());
         let chunks = stream_big(&rig);
         for (i, chunk) in chunks.iter().enumerate() {
-            let data = rig.cache.fetcher.chunk(chunk, false).unwrap();
+            let data = rig.cache.fetcher.chunk(chunk).unwrap();
             assert!(data == rig.big[i * CHUNK..(i + 1) * CHUNK], "chunk {i}");
         }
         assert_eq!(rig.store.calls.blob_reads.load(Relaxed), 1);
@@ -375,7 +375,7 @@ mod tests {
         let chunks = stream_big(&rig);
         assert_eq!(rig.cache.stats().verification_failures.load(Relaxed), 1);
         for (i, chunk) in chunks.iter().enumerate() {
-            let data = rig.cache.fetcher.chunk(chunk, false).unwrap();
+            let data = rig.cache.fetcher.chunk(chunk).unwrap();
             assert!(data == rig.big[i * CHUNK..(i + 1) * CHUNK], "chunk {i}");
         }
         // The stream, then each chunk on its own.

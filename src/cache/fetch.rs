@@ -5,7 +5,7 @@
 //! shared fetch may have been made for another node naming the same
 //! digest with another size.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
@@ -64,6 +64,9 @@ pub(super) struct ChunkFetcher {
     /// Started on first use; `None` without a disk cache or if the thread
     /// could not be started.
     disk_readahead: OnceLock<Option<DiskReadahead>>,
+    /// Chunks the prefetch lane is fetching now: a reader that waits for
+    /// one is not store work of its own.
+    prefetching: Mutex<HashSet<B3Digest>>,
     pub(super) remote: Arc<Remote>,
     disk: Arc<Disk>,
     pub(super) stats: Arc<Stats>,
@@ -84,6 +87,7 @@ impl ChunkFetcher {
             in_flight: Mutex::new(HashMap::new()),
             readahead: Arc::new(Semaphore::new(readahead_chunks.max(1) * 2)),
             disk_readahead: OnceLock::new(),
+            prefetching: Mutex::new(HashSet::new()),
             remote,
             disk,
             stats,
@@ -97,12 +101,13 @@ impl ChunkFetcher {
 
     /// One chunk's verified bytes, exactly `chunk.size` of them: from
     /// memory, disk, a fetch already under way, or the store. A wait for
-    /// a chunk the prefetch is fetching (`prefetching`) is not store work
-    /// of the guest's own: more prefetching would not speed it up.
+    /// a chunk the prefetch is fetching ([`Self::mark_prefetching`]) is
+    /// not store work of the guest's own: more prefetching would not
+    /// speed it up.
     ///
     /// A disk hit is read and verified right here on the calling (request)
     /// thread: a hand-off to the runtime and back costs more than the read.
-    pub(super) fn chunk(self: &Arc<Self>, chunk: &Chunk, prefetching: bool) -> ChunkResult {
+    pub(super) fn chunk(self: &Arc<Self>, chunk: &Chunk) -> ChunkResult {
         if let Some(data) = self.chunks.get(&chunk.digest) {
             self.stats.memory_hit(true);
             return of_its_size(chunk, data);
@@ -122,6 +127,7 @@ impl ChunkFetcher {
         };
         // Blocked on the store; store work of its own unless the fetch is
         // the prefetch's.
+        let prefetching = self.prefetching.lock().contains(&chunk.digest);
         let result = {
             let _blocked = crate::demand::DEMAND.blocked();
             let _demand = (!prefetching).then(|| crate::demand::DEMAND.store_work());
@@ -136,6 +142,25 @@ impl ChunkFetcher {
         }
         self.release_if_done(&chunk.digest);
         result.and_then(|data| of_its_size(chunk, data))
+    }
+
+    /// Counts `chunks` as the prefetch lane's until
+    /// [`Self::unmark_prefetching`].
+    pub(super) fn mark_prefetching(&self, chunks: impl IntoIterator<Item = B3Digest>) {
+        self.prefetching.lock().extend(chunks);
+    }
+
+    pub(super) fn unmark_prefetching<'a>(&self, chunks: impl IntoIterator<Item = &'a B3Digest>) {
+        let mut prefetching = self.prefetching.lock();
+        for chunk in chunks {
+            prefetching.remove(chunk);
+        }
+    }
+
+    /// Whether `chunk` is neither in memory, nor on its way, nor on disk:
+    /// worth a fetch ahead of its reader.
+    pub(super) fn worth_fetching_ahead(&self, chunk: &Chunk) -> bool {
+        !self.in_memory_or_flight(chunk) && !self.on_disk(chunk)
     }
 
     /// Whether `chunk` is in memory or on its way there.
@@ -567,7 +592,7 @@ mod with_a_store {
                 let (fetcher, barrier) = (rig.cache.fetcher.clone(), barrier.clone());
                 std::thread::spawn(move || {
                     barrier.wait();
-                    fetcher.chunk(&chunk, false).unwrap()
+                    fetcher.chunk(&chunk).unwrap()
                 })
             })
             .collect();
@@ -580,7 +605,7 @@ mod with_a_store {
             readers as u64 - 1
         );
         // And from memory afterwards.
-        rig.cache.fetcher.chunk(&chunk, false).unwrap();
+        rig.cache.fetcher.chunk(&chunk).unwrap();
         assert_eq!(rig.store.calls.blob_reads.load(Relaxed), 1);
     }
 
@@ -590,7 +615,7 @@ mod with_a_store {
         let chunk = rig.big_chunks()[2];
         rig.store.corrupt_blob(&chunk.digest);
         let fetcher = &rig.cache.fetcher;
-        let err = fetcher.chunk(&chunk, false).unwrap_err();
+        let err = fetcher.chunk(&chunk).unwrap_err();
         assert!(
             matches!(*err, StoreError::BlobDigestMismatch { digest, .. } if digest == chunk.digest),
             "{err}"
@@ -603,7 +628,7 @@ mod with_a_store {
             .any(|counted| counted == ("store", "blob_digest", 1)));
         // Repaired, the next read fetches it again and gets it right.
         rig.store.repair_blob(&chunk.digest);
-        assert_eq!(fetcher.chunk(&chunk, false).unwrap(), rig.big[2 * CHUNK..]);
+        assert_eq!(fetcher.chunk(&chunk).unwrap(), rig.big[2 * CHUNK..]);
         assert_eq!(rig.store.calls.blob_reads.load(Relaxed), 2);
     }
 
@@ -617,7 +642,7 @@ mod with_a_store {
         assert_eq!(fetcher.read_ahead(&chunks, 0), 2, "bounded");
         assert_eq!(fetcher.read_ahead(&chunks[2..], 0), 0, "still bounded");
         for (i, chunk) in chunks.iter().enumerate() {
-            let data = fetcher.chunk(chunk, false).unwrap();
+            let data = fetcher.chunk(chunk).unwrap();
             assert!(data == rig.big[i * CHUNK..(i + 1) * CHUNK], "chunk {i}");
         }
         assert_eq!(

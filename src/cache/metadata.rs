@@ -295,6 +295,7 @@ mod tests {
     use std::sync::atomic::Ordering::Relaxed;
 
     use super::super::test_store::{quiet, Rig, TREE, TREE_NAME};
+    use super::super::ContentSource;
     use super::{Answered, MetadataCache};
     use crate::store::directory::ValidationError;
     use crate::store::StoreError;

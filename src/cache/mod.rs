@@ -22,8 +22,9 @@
 //!   access trace, or a guess), on a lane of its own that yields to the
 //!   guest's demand;
 //! - `reader`: the read policy on top (partial reads through outboards,
-//!   repair of missing outboards, whole blobs checked group by group on
-//!   every read, read-ahead distances).
+//!   repair of missing outboards, read-ahead distances), with large
+//!   unchunked blobs read from a file and checked group by group on every
+//!   read (`whole_blob`).
 //!
 //! With the store down, everything cached keeps being served.
 
@@ -50,19 +51,19 @@ pub mod stats;
 #[cfg(test)]
 mod test_store;
 pub mod trace;
+mod whole_blob;
 mod write_behind;
 
-use std::collections::HashMap;
+use std::io::Write;
 use std::sync::Arc;
 
-use parking_lot::Mutex;
 use tokio::runtime::Handle;
 
 use crate::store::{B3Digest, Chunk, DirEntry, Directory, Store, StoreError};
 pub use config::{CacheConfig, PrefetchGuess};
 use disk::Disk;
 pub use eviction::{Outcome as EvictionOutcome, LOCK_WAIT as EVICTION_LOCK_WAIT};
-use fetch::{ChunkFetcher, ChunkResult};
+use fetch::ChunkFetcher;
 pub use lanes::Lane;
 pub use layout::DiskCacheError;
 pub use layout::MAX_IN_MEMORY_BLOB;
@@ -71,30 +72,25 @@ pub use mappings::{decode_chunk_list, encode_chunk_list};
 use metadata::{Answered, MetadataBudget, MetadataCache};
 pub use objects::SharedObjects;
 use prefetch::Prefetcher;
+use reader::ReadPolicy;
 use remote::Remote;
 pub use source::{ContentSource, FileOrigin, OpenBlob, ReadError};
 pub use stats::{Stats, StatsReporter};
 
 /// The store as the filesystem sees it: cached, verified, shared fetches.
-/// It owns the parts, each with its own state: the store's calls
+/// It owns the parts, each with its own state, and hands each request of
+/// the filesystem to the part that answers it: the store's calls
 /// ([`remote::Remote`]), the disk ([`disk::Disk`]), the metadata cache
-/// ([`metadata::MetadataCache`]), the chunks in memory and their fetches
-/// (`fetch.rs`, `blob_stream.rs`), the prefetch; and it is the read
-/// policy over them (`reader.rs`).
+/// ([`metadata::MetadataCache`]), the chunk fetcher
+/// ([`fetch::ChunkFetcher`]), the prefetch ([`prefetch::Prefetcher`]) and
+/// the read policy over them ([`reader::ReadPolicy`]).
 pub struct CachedStore {
-    remote: Arc<Remote>,
     disk: Arc<Disk>,
-    metadata: MetadataCache,
-    config: CacheConfig,
-    stats: Arc<Stats>,
+    metadata: Arc<MetadataCache>,
     fetcher: Arc<ChunkFetcher>,
-    /// The prefetch: access traces, guesses, and its lane.
-    prefetcher: Prefetcher,
-    /// Open blobs by digest and size, so concurrent readers of a large
-    /// unchunked file fetch it once.
-    blob_slots: Mutex<HashMap<(B3Digest, u64), std::sync::Weak<reader::BlobSlot>>>,
-    /// Itself, for the fetches it hands to the runtime.
-    this: std::sync::Weak<CachedStore>,
+    prefetcher: Arc<Prefetcher>,
+    reads: ReadPolicy,
+    stats: Arc<Stats>,
 }
 
 impl CachedStore {
@@ -107,7 +103,7 @@ impl CachedStore {
     ) -> Result<Arc<Self>, DiskCacheError> {
         let stats = Arc::new(Stats::default());
         let disk = Arc::new(Disk::open(&config, &stats, runtime.clone())?);
-        let remote = Arc::new(Remote::new(store, runtime, stats.clone()));
+        let remote = Arc::new(Remote::new(store, runtime.clone(), stats.clone()));
         let m = config.memory_bytes;
         // Chunks take the bulk; metadata is small and hot.
         let budget = MetadataBudget {
@@ -116,28 +112,42 @@ impl CachedStore {
             path_infos: m / 16,
         };
         let chunk_bytes = m - budget.directories - budget.chunk_lists - budget.path_infos;
-        let metadata = MetadataCache::new(
+        let metadata = Arc::new(MetadataCache::new(
             budget,
             config.negative_ttl,
             remote.clone(),
             disk.clone(),
             stats.clone(),
+        ));
+        let fetcher = Arc::new(ChunkFetcher::new(
+            chunk_bytes,
+            config.readahead_chunks,
+            remote.clone(),
+            disk.clone(),
+            stats.clone(),
+        ));
+        let prefetcher = Prefetcher::new(
+            &config,
+            metadata.clone(),
+            fetcher.clone(),
+            disk.clone(),
+            stats.clone(),
+            runtime,
         );
-        Ok(Arc::new_cyclic(|this| Self {
-            this: this.clone(),
-            fetcher: Arc::new(ChunkFetcher::new(
-                chunk_bytes,
-                config.readahead_chunks,
-                remote.clone(),
-                disk.clone(),
-                stats.clone(),
-            )),
-            prefetcher: Prefetcher::default(),
-            blob_slots: Mutex::new(HashMap::new()),
+        let reads = ReadPolicy::new(
+            &config,
+            metadata.clone(),
+            fetcher.clone(),
+            disk.clone(),
             remote,
+            stats.clone(),
+        );
+        Ok(Arc::new(Self {
             disk,
             metadata,
-            config,
+            fetcher,
+            prefetcher,
+            reads,
             stats,
         }))
     }
@@ -156,46 +166,53 @@ impl CachedStore {
         self.fetcher.memory_bytes() + self.metadata.memory_bytes()
     }
 
-    /// The root node of the store path `name` (whose hash decodes to
-    /// `hash`), or `None` if the store does not have it. A store path the
-    /// store just told us of is where the prefetch starts.
-    pub fn path_info(&self, hash: [u8; 20], name: &[u8]) -> Result<Option<DirEntry>, StoreError> {
-        Ok(self
-            .metadata
-            .path_info(hash, name)?
-            .map(|(found, answered)| {
-                if answered == Answered::FromStore {
-                    self.prefetch_store_path(hash, &found.node);
-                }
-                found
-            }))
-    }
-
-    /// All store paths (`--list-root`).
-    pub fn list_path_infos(&self, limit: usize) -> Result<Vec<DirEntry>, StoreError> {
-        self.metadata.list_path_infos(limit)
-    }
-
-    /// A validated Directory whose parent node announces `size`.
-    pub fn directory(&self, digest: &B3Digest, size: u64) -> Result<Arc<Directory>, StoreError> {
-        self.metadata.directory(digest, size)
-    }
-
     /// The chunks of a blob, or an empty list if it has no finer chunking.
     pub fn chunk_list(&self, digest: &B3Digest, size: u64) -> Result<Arc<Vec<Chunk>>, StoreError> {
         self.metadata.chunk_list(digest, size)
     }
 
-    /// One chunk's verified bytes, exactly `chunk.size` of them.
-    pub fn chunk(&self, chunk: &Chunk) -> ChunkResult {
-        self.fetcher
-            .chunk(chunk, self.being_prefetched(&chunk.digest))
-    }
-
     /// Waits until the writes queued so far are on disk: called on the way
     /// out, so that what this run fetched is there for the next.
     pub fn finish_writes(&self) {
-        self.save_traces();
+        self.prefetcher.save_traces();
         self.disk.flush();
+    }
+}
+
+impl ContentSource for CachedStore {
+    /// A store path the store just told us of is where the prefetch starts.
+    fn path_info(&self, hash: [u8; 20], name: &[u8]) -> Result<Option<DirEntry>, StoreError> {
+        Ok(self
+            .metadata
+            .path_info(hash, name)?
+            .map(|(found, answered)| {
+                if answered == Answered::FromStore {
+                    self.prefetcher.store_path_found(hash, &found.node);
+                }
+                found
+            }))
+    }
+
+    fn list_path_infos(&self, limit: usize) -> Result<Vec<DirEntry>, StoreError> {
+        self.metadata.list_path_infos(limit)
+    }
+
+    fn directory(&self, digest: &B3Digest, size: u64) -> Result<Arc<Directory>, StoreError> {
+        self.metadata.directory(digest, size)
+    }
+
+    fn open_blob(&self, digest: B3Digest, size: u64, origin: Option<&FileOrigin>) -> OpenBlob {
+        let traced_extent = origin.and_then(|o| self.prefetcher.file_opened(o, digest, size));
+        self.reads.open(digest, size, traced_extent)
+    }
+
+    fn read(
+        &self,
+        handle: &OpenBlob,
+        offset: u64,
+        count: u32,
+        out: &mut dyn Write,
+    ) -> Result<usize, ReadError> {
+        self.reads.read(handle, offset, count, out)
     }
 }

@@ -274,4 +274,52 @@ mod tests {
         );
         assert_eq!(o.stats.verification_failures.load(Ordering::Relaxed), 3);
     }
+
+    #[test]
+    fn an_object_another_daemon_wrote_is_found_and_checked_like_its_own() {
+        let (dir, mine) = objects();
+        let stats = Arc::new(Stats::default());
+        let eviction = Arc::new(Eviction::new(dir.path(), None, 64 << 20, stats.clone()));
+        let theirs = SharedObjects::open(dir.path(), eviction, stats).unwrap();
+        let data = vec![7u8; 40_000];
+        let key = B3Digest::of(&data);
+        assert!(!mine.contains(ObjectKind::Chunk, &key));
+        theirs.put(ObjectKind::Chunk, &key, &data);
+        assert!(mine.contains(ObjectKind::Chunk, &key));
+        assert_eq!(
+            mine.get(ObjectKind::Chunk, &key, Some(40_000)).unwrap(),
+            data
+        );
+        // A range is read as it is: its caller checks it (an outboard).
+        assert_eq!(
+            mine.get_range(ObjectKind::Chunk, &key, 40_000, 100, 10)
+                .unwrap(),
+            data[100..110]
+        );
+        // Of another length: refused, and removed for both.
+        assert!(mine
+            .get_range(ObjectKind::Chunk, &key, 40_001, 0, 10)
+            .is_none());
+        assert!(!theirs.contains(ObjectKind::Chunk, &key));
+    }
+
+    #[test]
+    fn a_published_whole_blob_opens_only_at_its_own_size() {
+        let (_dir, o) = objects();
+        let data = vec![3u8; 70_000];
+        let key = B3Digest::of(&data);
+        let mut temp = o.temp_file().unwrap();
+        temp.write_all(&data).unwrap();
+        o.publish_file(ObjectKind::Blob, &key, temp).unwrap();
+        let file = o.open_blob(&key, 70_000).unwrap();
+        let mut back = vec![0; 70_000];
+        file.read_exact_at(&mut back, 0).unwrap();
+        assert_eq!(back, data);
+        assert!(o.open_blob(&key, 69_999).is_none());
+        assert!(
+            !o.contains(ObjectKind::Blob, &key),
+            "a blob of the wrong size was left"
+        );
+        assert_eq!(o.stats.disk_bytes_written.load(Ordering::Relaxed), 70_000);
+    }
 }

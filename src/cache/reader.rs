@@ -11,35 +11,51 @@
 //!   once, in memory; every read then checks each group it serves against
 //!   that outboard, so a file rewritten in place after it was opened is
 //!   caught on the next read, also through handles already open, and
-//!   fetched again.
+//!   fetched again (`whole_blob.rs`).
 //! - Sequential readers get the next chunks read ahead, in a window that
 //!   doubles with every sequential read; one that starts at the beginning
 //!   of a cold blob of many chunks gets them from one stream of the whole
 //!   blob instead (`blob_stream.rs`).
 
-use std::fs::File;
-use std::io::{self, Read, Write};
-use std::os::unix::fs::FileExt;
+use std::collections::HashMap;
+use std::io::Write;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
-use blake3::hazmat::ChainingValue;
 use parking_lot::Mutex;
 
 use super::blob_stream;
+use super::config::CacheConfig;
+use super::disk::Disk;
+use super::fetch::ChunkFetcher;
 use super::lanes::Lane;
 use super::layout::{ObjectKind, MAX_IN_MEMORY_BLOB, SMALL_BLOB};
-use super::outboard::{self, OutboardBuilder, GROUP};
-use super::source::FileOrigin;
-use super::source::{ContentSource, OpenBlob, ReadError};
-use super::CachedStore;
-use crate::store::{B3Digest, Chunk, DirEntry, Directory, StoreError};
+use super::metadata::MetadataCache;
+use super::outboard::{self, GROUP};
+use super::remote::Remote;
+use super::source::{OpenBlob, ReadError};
+use super::stats::Stats;
+use super::whole_blob::{WholeBlob, WholeBlobs};
+use crate::store::{B3Digest, Chunk, StoreError};
 
 /// How many chunks past a sequential read are read ahead from the disk
 /// cache: enough to keep the read-ahead thread busy while the guest works.
 const DISK_READAHEAD: usize = 8;
-/// Bytes of a whole blob read and verified at once (bounds the buffer).
-const WHOLE_BLOB_PIECE: u64 = 64 * GROUP;
+
+/// The read policy over the metadata cache, the chunk fetcher and the
+/// disk: it owns the state of open blobs (per handle and per blob).
+pub(super) struct ReadPolicy {
+    metadata: Arc<MetadataCache>,
+    fetcher: Arc<ChunkFetcher>,
+    disk: Arc<Disk>,
+    stats: Arc<Stats>,
+    whole_blobs: WholeBlobs,
+    /// Chunks read ahead of a sequential reader at most (0: none).
+    readahead_chunks: usize,
+    /// Open blobs by digest and size, so concurrent readers of a large
+    /// unchunked file fetch it once.
+    blob_slots: Mutex<HashMap<(B3Digest, u64), Weak<BlobSlot>>>,
+}
 
 /// What the read policy keeps per open handle, behind the filesystem's
 /// opaque [`OpenBlob`]: where the last read ended, how many reads in a row
@@ -88,30 +104,141 @@ pub(super) enum BlobSource {
     Whole(WholeBlob),
 }
 
-pub(super) struct WholeBlob {
-    file: File,
-    /// The chaining value of every group, verified against the digest.
-    leaves: Vec<ChainingValue>,
-    /// Whether `file` is the shared object (removed if it turns out bad).
-    shared: bool,
+/// Why [`ReadPolicy::chunk_part`] did not serve a part of a chunk.
+#[derive(Debug, PartialEq)]
+enum PartMiss {
+    /// No disk cache, a small chunk, or the chunk is (about to be) in
+    /// memory or not on disk.
+    NotApplicable,
+    /// The chunk is on disk but its outboard is missing or was wrong.
+    NoOutboard,
 }
 
-/// A cached copy that no longer matches its digest.
-fn changed_under_us(digest: &B3Digest, offset: u64) -> StoreError {
-    StoreError::Sink {
-        digest: *digest,
-        source: io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("the cached copy does not match the blob's outboard at offset {offset}"),
-        ),
+impl ReadPolicy {
+    pub(super) fn new(
+        config: &CacheConfig,
+        metadata: Arc<MetadataCache>,
+        fetcher: Arc<ChunkFetcher>,
+        disk: Arc<Disk>,
+        remote: Arc<Remote>,
+        stats: Arc<Stats>,
+    ) -> Self {
+        Self {
+            whole_blobs: WholeBlobs {
+                disk: disk.clone(),
+                remote,
+                stats: stats.clone(),
+                spool_dir: config.spool_dir.clone(),
+            },
+            metadata,
+            fetcher,
+            disk,
+            stats,
+            readahead_chunks: config.readahead_chunks,
+            blob_slots: Mutex::new(HashMap::new()),
+        }
     }
-}
 
-impl CachedStore {
-    fn this(&self) -> Arc<Self> {
-        self.this
-            .upgrade()
-            .expect("a CachedStore is only used through its Arc")
+    /// Opens the blob `digest` of `size` bytes; its reads record how far
+    /// they got in `traced_extent`, if given.
+    pub(super) fn open(
+        &self,
+        digest: B3Digest,
+        size: u64,
+        traced_extent: Option<Arc<AtomicU64>>,
+    ) -> OpenBlob {
+        let mut slots = self.blob_slots.lock();
+        let key = (digest, size);
+        let slot = match slots.get(&key).and_then(Weak::upgrade) {
+            Some(slot) => slot,
+            None => {
+                slots.retain(|_, w| w.strong_count() > 0);
+                let slot = Arc::new(BlobSlot::default());
+                slots.insert(key, Arc::downgrade(&slot));
+                slot
+            }
+        };
+        let state = ReadState {
+            digest,
+            size,
+            slot,
+            next_offset: AtomicU64::new(0),
+            sequential_reads: AtomicU32::new(0),
+            readahead_end: AtomicUsize::new(0),
+            traced_extent,
+        };
+        OpenBlob::new(digest, size, state)
+    }
+
+    /// One read of an open blob; a whole blob found changed is dropped
+    /// (and removed from disk) and read once more from a fresh copy.
+    pub(super) fn read(
+        &self,
+        handle: &OpenBlob,
+        offset: u64,
+        count: u32,
+        out: &mut dyn Write,
+    ) -> Result<usize, ReadError> {
+        let blob = handle
+            .state::<ReadState>()
+            .ok_or(ReadError::ForeignHandle)?;
+        if blob.size == 0 {
+            if blob.digest != B3Digest::of(b"") {
+                return Err(ReadError::Store(Arc::new(StoreError::BlobSizeMismatch {
+                    digest: blob.digest,
+                    expected: 0,
+                    actual: 1,
+                })));
+            }
+            return Ok(0);
+        }
+        if offset >= blob.size {
+            return Ok(0);
+        }
+        let end = blob.size.min(offset.saturating_add(u64::from(count)));
+        if let Some(extent) = &blob.traced_extent {
+            extent.fetch_max(end, Ordering::Relaxed);
+        }
+        let sequential = blob.next_offset.swap(end, Ordering::Relaxed) == offset;
+        let run = if sequential {
+            blob.sequential_reads
+                .fetch_add(1, Ordering::Relaxed)
+                .saturating_add(1)
+        } else {
+            blob.sequential_reads.store(0, Ordering::Relaxed);
+            0
+        };
+        for attempt in 0..2 {
+            let source = self
+                .source(blob)
+                .map_err(|e| ReadError::Store(Arc::new(e)))?;
+            let result = match &*source {
+                BlobSource::Chunks(chunks) => {
+                    return self.read_chunks(blob, chunks, offset, end, run, out)
+                }
+                BlobSource::Whole(whole) => whole.read(&blob.digest, blob.size, offset, end, out),
+            };
+            match result {
+                Ok(()) => return Ok((end - offset) as usize),
+                Err(ReadError::Store(e)) if attempt == 0 => {
+                    tracing::error!(error = %e, "a cached blob changed after it was verified; fetching it again");
+                    self.stats
+                        .verification_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    if let (BlobSource::Whole(w), Some(objects)) = (&*source, self.disk.objects()) {
+                        if w.is_shared() {
+                            objects.reject(ObjectKind::Blob, &blob.digest);
+                        }
+                    }
+                    let mut slot = blob.slot.source.lock();
+                    if slot.as_ref().is_some_and(|s| Arc::ptr_eq(s, &source)) {
+                        *slot = None;
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        unreachable!("the second attempt returns")
     }
 
     /// The source of an open blob, set up on first read and shared after.
@@ -132,176 +259,18 @@ impl CachedStore {
             // a round trip to save none.
             whole()
         } else {
-            let chunks = self.chunk_list(&blob.digest, blob.size)?;
+            let chunks = self.metadata.chunk_list(&blob.digest, blob.size)?;
             if !chunks.is_empty() && chunks.iter().all(|c| c.size <= MAX_IN_MEMORY_BLOB) {
                 BlobSource::Chunks(chunks)
             } else if blob.size <= MAX_IN_MEMORY_BLOB {
                 whole()
             } else {
-                BlobSource::Whole(self.whole_blob(&blob.digest, blob.size)?)
+                BlobSource::Whole(self.whole_blobs.open(&blob.digest, blob.size)?)
             }
         };
         let new = Arc::new(new);
         *source = Some(new.clone());
         Ok(new)
-    }
-
-    /// A large unchunked blob: the shared object with a verified outboard,
-    /// or fetched from the store into a file (then published).
-    fn whole_blob(&self, digest: &B3Digest, size: u64) -> Result<WholeBlob, StoreError> {
-        if let Some(objects) = self.disk.objects() {
-            if let Some(file) = objects.open_blob(digest, size) {
-                let groups = outboard::groups(size) as u64 * 32;
-                let leaves = objects
-                    .get(ObjectKind::Outboard, digest, Some(groups))
-                    .and_then(|o| outboard::verified_leaves(digest, size, &o));
-                let leaves = match leaves {
-                    Some(leaves) => Some(leaves),
-                    // No outboard, or a wrong one: rebuild it from the file,
-                    // which checks every byte of it once more.
-                    None => self.rebuild_outboard(&file, digest, size),
-                };
-                match leaves {
-                    Some(leaves) => {
-                        return Ok(WholeBlob {
-                            file,
-                            leaves,
-                            shared: true,
-                        })
-                    }
-                    None => objects.reject(ObjectKind::Blob, digest),
-                }
-            }
-        }
-        self.fetch_whole_blob(digest, size)
-    }
-
-    fn rebuild_outboard(
-        &self,
-        file: &File,
-        digest: &B3Digest,
-        size: u64,
-    ) -> Option<Vec<ChainingValue>> {
-        let mut builder = OutboardBuilder::default();
-        let mut buf = vec![0; WHOLE_BLOB_PIECE as usize];
-        let mut reader = file.take(size);
-        loop {
-            match reader.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => builder.update(&buf[..n]),
-                Err(_) => return None,
-            }
-        }
-        let outboard = builder.finish();
-        let leaves = outboard::verified_leaves(digest, size, &outboard)?;
-        if let Some(objects) = self.disk.objects().cloned() {
-            let digest = *digest;
-            self.disk
-                .write_behind(Lane::Demand, outboard.len(), move || {
-                    objects.put(ObjectKind::Outboard, &digest, &outboard)
-                });
-        }
-        Some(leaves)
-    }
-
-    fn fetch_whole_blob(&self, digest: &B3Digest, size: u64) -> Result<WholeBlob, StoreError> {
-        let sink_error = |source| StoreError::Sink {
-            digest: *digest,
-            source,
-        };
-        let temp = match self.disk.objects() {
-            Some(objects) => objects.temp_file(),
-            None => match &self.config.spool_dir {
-                Some(dir) => tempfile::NamedTempFile::new_in(dir),
-                None => tempfile::NamedTempFile::new(),
-            },
-        };
-        let mut temp = temp.map_err(sink_error)?;
-        let mut builder = OutboardBuilder::default();
-        // One hashing pass: the outboard's root is compared with the digest.
-        self.remote.call(
-            self.remote
-                .store()
-                .stream_blob_unverified(digest, size, |piece| {
-                    builder.update(piece);
-                    temp.write_all(piece)
-                }),
-        )?;
-        self.stats
-            .store_bytes_fetched
-            .fetch_add(size, Ordering::Relaxed);
-        let outboard = builder.finish();
-        let Some(leaves) = outboard::verified_leaves(digest, size, &outboard) else {
-            let e = match outboard::root(size, &outboard) {
-                Some(actual) => StoreError::BlobDigestMismatch {
-                    digest: *digest,
-                    actual,
-                },
-                None => changed_under_us(digest, 0),
-            };
-            self.stats.store_failed(&e);
-            return Err(e);
-        };
-        // The same open file (read-write, so pread works): no second open.
-        let file = temp.as_file().try_clone().map_err(sink_error)?;
-        match self.disk.objects().cloned() {
-            Some(objects) => {
-                let digest = *digest;
-                self.disk.write_behind(Lane::Demand, outboard.len(), move || {
-                    objects.put(ObjectKind::Outboard, &digest, &outboard);
-                    if let Err(e) = objects.publish_file(ObjectKind::Blob, &digest, temp) {
-                        tracing::warn!(blob = %digest, error = %e, "keeping a fetched blob in the disk cache failed");
-                    }
-                });
-                Ok(WholeBlob {
-                    file,
-                    leaves,
-                    shared: true,
-                })
-            }
-            // Without a disk cache the file is unlinked once closed.
-            None => Ok(WholeBlob {
-                file,
-                leaves,
-                shared: false,
-            }),
-        }
-    }
-
-    /// Bytes `offset..end` of a whole blob, each group checked.
-    fn read_whole(
-        &self,
-        blob: &ReadState,
-        whole: &WholeBlob,
-        offset: u64,
-        end: u64,
-        out: &mut dyn Write,
-    ) -> Result<(), ReadError> {
-        let mut at = offset / GROUP * GROUP;
-        let mut buf = Vec::new();
-        while at < end {
-            let stop = (at + WHOLE_BLOB_PIECE).min(blob.size);
-            buf.resize((stop - at) as usize, 0);
-            let read = whole.file.read_exact_at(&mut buf, at);
-            for (i, group) in buf.chunks(GROUP as usize).enumerate() {
-                let group_at = at + i as u64 * GROUP;
-                if group_at >= end {
-                    break;
-                }
-                if read.is_err() || !outboard::group_matches(&whole.leaves, group_at, group) {
-                    return Err(ReadError::Store(Arc::new(changed_under_us(
-                        &blob.digest,
-                        group_at,
-                    ))));
-                }
-                let from = offset.max(group_at) - group_at;
-                let to = end.min(group_at + group.len() as u64) - group_at;
-                out.write_all(&group[from as usize..to as usize])
-                    .map_err(ReadError::Guest)?;
-            }
-            at = stop;
-        }
-        Ok(())
     }
 
     /// The read of a chunked (or small) blob, with read-ahead.
@@ -314,11 +283,10 @@ impl CachedStore {
         run: u32,
         out: &mut dyn Write,
     ) -> Result<usize, ReadError> {
-        let this = self.this();
         let first = chunks.partition_point(|c| c.offset + c.size <= offset);
         // Before this read's own chunks are fetched, so that a stream
         // started now delivers them too.
-        let streaming = run != 0 && self.config.readahead_chunks > 0 && {
+        let streaming = run != 0 && self.readahead_chunks > 0 && {
             let touched = chunks.partition_point(|c| c.offset < end);
             self.read_ahead_by_stream(blob, chunks, first, touched.saturating_sub(1))
         };
@@ -342,7 +310,7 @@ impl CachedStore {
             match part {
                 Ok(part) => out.write_all(&part).map_err(ReadError::Guest)?,
                 Err(miss) => {
-                    let data = this.chunk(chunk).map_err(ReadError::Store)?;
+                    let data = self.fetcher.chunk(chunk).map_err(ReadError::Store)?;
                     if miss == PartMiss::NoOutboard {
                         self.write_outboard(chunk, &data);
                     }
@@ -355,7 +323,7 @@ impl CachedStore {
         }
         if run == 0 {
             blob.readahead_end.store(0, Ordering::Relaxed);
-        } else if self.config.readahead_chunks > 0 {
+        } else if self.readahead_chunks > 0 {
             if streaming {
                 return Ok(written);
             }
@@ -363,12 +331,12 @@ impl CachedStore {
             // read (2, 4, 8, ...) up to the bound, so a reader that only
             // peeks at the start costs little. Chunks already handed over
             // are not looked at again.
-            let window = self.config.readahead_chunks.min(1 << run.min(16));
+            let window = self.readahead_chunks.min(1 << run.min(16));
             let end = chunks.len().min(last + 1 + window);
             let start = (last + 1).max(blob.readahead_end.load(Ordering::Relaxed));
             if start < end {
                 let from_disk = (last + 1 + DISK_READAHEAD).saturating_sub(start);
-                let queued = this.fetcher.read_ahead(&chunks[start..end], from_disk);
+                let queued = self.fetcher.read_ahead(&chunks[start..end], from_disk);
                 blob.readahead_end.store(start + queued, Ordering::Relaxed);
             }
         }
@@ -409,13 +377,13 @@ impl CachedStore {
             && chunks[last + 1..]
                 .iter()
                 .take(2)
-                .all(|c| !self.fetcher.in_memory_or_flight(c) && !self.fetcher.on_disk(c));
+                .all(|c| self.fetcher.worth_fetching_ahead(c));
         if worth_it {
             let stream = self.fetcher.start_blob_stream(
                 blob.digest,
                 blob.size,
                 chunks.clone(),
-                self.config.readahead_chunks,
+                self.readahead_chunks,
                 last,
             );
             *state = StreamState::Running(stream);
@@ -474,126 +442,6 @@ impl CachedStore {
                     objects.put(ObjectKind::Outboard, &digest, &outboard)
                 });
         }
-    }
-}
-
-/// Why [`CachedStore::chunk_part`] did not serve a part of a chunk.
-#[derive(Debug, PartialEq)]
-enum PartMiss {
-    /// No disk cache, a small chunk, or the chunk is (about to be) in
-    /// memory or not on disk.
-    NotApplicable,
-    /// The chunk is on disk but its outboard is missing or was wrong.
-    NoOutboard,
-}
-
-impl ContentSource for CachedStore {
-    fn path_info(&self, hash: [u8; 20], name: &[u8]) -> Result<Option<DirEntry>, StoreError> {
-        CachedStore::path_info(self, hash, name)
-    }
-
-    fn list_path_infos(&self, limit: usize) -> Result<Vec<DirEntry>, StoreError> {
-        CachedStore::list_path_infos(self, limit)
-    }
-
-    fn directory(&self, digest: &B3Digest, size: u64) -> Result<Arc<Directory>, StoreError> {
-        CachedStore::directory(self, digest, size)
-    }
-
-    fn open_blob(&self, digest: B3Digest, size: u64, origin: Option<&FileOrigin>) -> OpenBlob {
-        let traced_extent = origin.and_then(|o| self.prefetch_file_opened(o, digest, size));
-        let mut slots = self.blob_slots.lock();
-        let key = (digest, size);
-        let slot = match slots.get(&key).and_then(std::sync::Weak::upgrade) {
-            Some(slot) => slot,
-            None => {
-                slots.retain(|_, w| w.strong_count() > 0);
-                let slot = Arc::new(BlobSlot::default());
-                slots.insert(key, Arc::downgrade(&slot));
-                slot
-            }
-        };
-        let state = ReadState {
-            digest,
-            size,
-            slot,
-            next_offset: AtomicU64::new(0),
-            sequential_reads: AtomicU32::new(0),
-            readahead_end: AtomicUsize::new(0),
-            traced_extent,
-        };
-        OpenBlob::new(digest, size, state)
-    }
-
-    /// One read of an open blob; a whole blob found changed is dropped
-    /// (and removed from disk) and read once more from a fresh copy.
-    fn read(
-        &self,
-        handle: &OpenBlob,
-        offset: u64,
-        count: u32,
-        out: &mut dyn Write,
-    ) -> Result<usize, ReadError> {
-        let blob = handle
-            .state::<ReadState>()
-            .ok_or(ReadError::ForeignHandle)?;
-        if blob.size == 0 {
-            if blob.digest != B3Digest::of(b"") {
-                return Err(ReadError::Store(Arc::new(StoreError::BlobSizeMismatch {
-                    digest: blob.digest,
-                    expected: 0,
-                    actual: 1,
-                })));
-            }
-            return Ok(0);
-        }
-        if offset >= blob.size {
-            return Ok(0);
-        }
-        let end = blob.size.min(offset.saturating_add(u64::from(count)));
-        if let Some(extent) = &blob.traced_extent {
-            extent.fetch_max(end, Ordering::Relaxed);
-        }
-        let sequential = blob.next_offset.swap(end, Ordering::Relaxed) == offset;
-        let run = if sequential {
-            blob.sequential_reads
-                .fetch_add(1, Ordering::Relaxed)
-                .saturating_add(1)
-        } else {
-            blob.sequential_reads.store(0, Ordering::Relaxed);
-            0
-        };
-        for attempt in 0..2 {
-            let source = self
-                .source(blob)
-                .map_err(|e| ReadError::Store(Arc::new(e)))?;
-            let result = match &*source {
-                BlobSource::Chunks(chunks) => {
-                    return self.read_chunks(blob, chunks, offset, end, run, out)
-                }
-                BlobSource::Whole(whole) => self.read_whole(blob, whole, offset, end, out),
-            };
-            match result {
-                Ok(()) => return Ok((end - offset) as usize),
-                Err(ReadError::Store(e)) if attempt == 0 => {
-                    tracing::error!(error = %e, "a cached blob changed after it was verified; fetching it again");
-                    self.stats
-                        .verification_failures
-                        .fetch_add(1, Ordering::Relaxed);
-                    if let (BlobSource::Whole(w), Some(objects)) = (&*source, self.disk.objects()) {
-                        if w.shared {
-                            objects.reject(ObjectKind::Blob, &blob.digest);
-                        }
-                    }
-                    let mut slot = blob.slot.source.lock();
-                    if slot.as_ref().is_some_and(|s| Arc::ptr_eq(s, &source)) {
-                        *slot = None;
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        unreachable!("the second attempt returns")
     }
 }
 
@@ -677,7 +525,7 @@ mod tests {
         let foreign = OpenBlob::new(B3Digest::of(b"x"), 1, ());
         let mut out = Vec::new();
         assert!(matches!(
-            rig.cache.read(&foreign, 0, 1, &mut out),
+            rig.cache.reads.read(&foreign, 0, 1, &mut out),
             Err(ReadError::ForeignHandle)
         ));
     }

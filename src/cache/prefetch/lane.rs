@@ -14,9 +14,10 @@ use crate::cache::lanes::enter_prefetch_lane;
 use crate::cache::lanes::Lane;
 use crate::cache::layout::SMALL_BLOB;
 use crate::cache::trace::TracedFile;
-use crate::cache::CachedStore;
 use crate::demand::DEMAND;
 use crate::store::{B3Digest, Chunk, Node};
+
+use super::Prefetcher;
 
 /// Prefetch fetches in flight at once: enough to keep a store a few
 /// milliseconds away busy in the guest's idle moments, few enough that a
@@ -59,12 +60,12 @@ pub(super) struct PrefetchLane {
 }
 
 impl PrefetchLane {
-    /// Starts the thread; it ends once the store is dropped.
-    pub fn start(store: Weak<CachedStore>) -> std::io::Result<Self> {
+    /// Starts the thread; it ends once the prefetcher is dropped.
+    pub fn start(prefetcher: Weak<Prefetcher>) -> std::io::Result<Self> {
         let (jobs, queue) = sync_channel(QUEUE);
         thread::Builder::new()
             .name("prefetch".into())
-            .spawn(move || run(&store, &queue))?;
+            .spawn(move || run(&prefetcher, &queue))?;
         Ok(Self { jobs })
     }
 
@@ -74,15 +75,15 @@ impl PrefetchLane {
     }
 }
 
-fn run(store: &Weak<CachedStore>, jobs: &Receiver<Job>) {
+fn run(prefetcher: &Weak<Prefetcher>, jobs: &Receiver<Job>) {
     enter_prefetch_lane();
     let permits = Arc::new(Semaphore::new(PARALLEL));
     while let Ok(job) = jobs.recv() {
-        let Some(store) = store.upgrade() else {
+        let Some(prefetcher) = prefetcher.upgrade() else {
             return;
         };
         let mut fetcher = Fetcher {
-            store: &store,
+            prefetcher: &prefetcher,
             permits: &permits,
             files: 0,
             bytes: 0,
@@ -99,7 +100,7 @@ fn run(store: &Weak<CachedStore>, jobs: &Receiver<Job>) {
 
 /// Starts the fetches of one job.
 struct Fetcher<'a> {
-    store: &'a Arc<CachedStore>,
+    prefetcher: &'a Arc<Prefetcher>,
     permits: &'a Arc<Semaphore>,
     files: u64,
     bytes: u64,
@@ -110,7 +111,7 @@ impl Fetcher<'_> {
         match job {
             Job::Trace { store_path, files } => {
                 for file in &files {
-                    let chunks = self.store.traced_chunks(file);
+                    let chunks = self.prefetcher.traced_chunks(file);
                     let fetched = if chunks.len() >= STREAM_FROM {
                         self.fetch_streamed(&store_path, file, chunks)
                     } else {
@@ -120,7 +121,7 @@ impl Fetcher<'_> {
                         return "trace (budget spent)";
                     };
                     if fetched {
-                        self.store
+                        self.prefetcher
                             .stats
                             .prefetch_trace_files
                             .fetch_add(1, Ordering::Relaxed);
@@ -133,7 +134,7 @@ impl Fetcher<'_> {
                 digest,
                 size,
             } => {
-                let Ok(directory) = self.store.directory(&digest, size) else {
+                let Ok(directory) = self.prefetcher.metadata.directory(&digest, size) else {
                     return "directory (not found)";
                 };
                 for entry in &directory.entries {
@@ -157,8 +158,8 @@ impl Fetcher<'_> {
                 digest,
                 size,
             } => {
-                let store = self.store.clone();
-                store.tree_files(digest, size, |chunk| {
+                let prefetcher = self.prefetcher.clone();
+                prefetcher.tree_files(digest, size, |chunk| {
                     self.fetch(&store_path, chunk).is_some()
                 });
                 "tree"
@@ -185,15 +186,21 @@ impl Fetcher<'_> {
         file: &TracedFile,
         chunks: Vec<Chunk>,
     ) -> Option<bool> {
-        let store = self.store;
+        let prefetcher = self.prefetcher;
+        let fetcher = &prefetcher.fetcher;
         let bytes = chunks.iter().map(|c| c.size).sum();
-        if !store.take_budget(store_path, bytes) {
+        if !prefetcher.take_budget(store_path, bytes) {
             return None;
         }
-        let missing = || chunks.iter().filter(|c| store.worth_prefetching(c)).count();
+        let missing = || {
+            chunks
+                .iter()
+                .filter(|c| fetcher.worth_fetching_ahead(c))
+                .count()
+        };
         if missing() < STREAM_FROM {
             let mut fetched = false;
-            for chunk in chunks.iter().filter(|c| store.worth_prefetching(c)) {
+            for chunk in chunks.iter().filter(|c| fetcher.worth_fetching_ahead(c)) {
                 fetched |= self.start(*chunk)?;
             }
             return Some(fetched);
@@ -204,29 +211,21 @@ impl Fetcher<'_> {
         }
         self.files += 1;
         self.bytes += bytes;
-        store.stats.prefetched_files.fetch_add(1, Ordering::Relaxed);
-        store
-            .prefetcher
-            .fetching
-            .lock()
-            .extend(chunks.iter().map(|c| c.digest));
+        prefetcher
+            .stats
+            .prefetched_files
+            .fetch_add(1, Ordering::Relaxed);
+        fetcher.mark_prefetching(chunks.iter().map(|c| c.digest));
         let chunks = Arc::new(chunks);
         // All of them count as the lane's until the stream ends, also
         // those further on that the guest may fetch itself meanwhile (the
         // lane then keeps at most its few fetches in flight, as ever).
-        let stream = store.fetcher.prefetch_blob_stream(
-            file.digest,
-            file.size,
-            chunks.clone(),
-            STREAM_WINDOW,
-        );
-        let done = store.clone();
-        store.remote.runtime().spawn(async move {
+        let stream =
+            fetcher.prefetch_blob_stream(file.digest, file.size, chunks.clone(), STREAM_WINDOW);
+        let done = fetcher.clone();
+        prefetcher.runtime.spawn(async move {
             let _ = stream.await;
-            let mut fetching = done.prefetcher.fetching.lock();
-            for chunk in chunks.iter() {
-                fetching.remove(&chunk.digest);
-            }
+            done.unmark_prefetching(chunks.iter().map(|c| &c.digest));
             drop(permit);
         });
         Some(true)
@@ -236,11 +235,10 @@ impl Fetcher<'_> {
     /// its way: `Some(true)` if it did, `Some(false)` if there was nothing
     /// to do, `None` once the store path's budget is spent.
     fn fetch(&mut self, store_path: &[u8; 20], chunk: Chunk) -> Option<bool> {
-        let store = self.store;
-        if !store.take_budget(store_path, chunk.size) {
+        if !self.prefetcher.take_budget(store_path, chunk.size) {
             return None;
         }
-        if !store.worth_prefetching(&chunk) {
+        if !self.prefetcher.fetcher.worth_fetching_ahead(&chunk) {
             return Some(false);
         }
         self.start(chunk)
@@ -250,14 +248,13 @@ impl Fetcher<'_> {
     /// `None` if the lane is closing.
     fn permit_when_idle(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
         let permit = self
-            .store
-            .remote
-            .runtime()
+            .prefetcher
+            .runtime
             .block_on(self.permits.clone().acquire_owned())
             .ok()?;
         // Demand first: wait until the guest waits for nothing else.
         if !DEMAND.idle() {
-            let stats = &self.store.stats;
+            let stats = &self.prefetcher.stats;
             stats.prefetch_pauses.fetch_add(1, Ordering::Relaxed);
             while !DEMAND.idle() {
                 thread::sleep(PAUSE_POLL);
@@ -269,21 +266,25 @@ impl Fetcher<'_> {
     /// Starts the fetch of `chunk` once the guest is idle, unless the
     /// guest asked for it meanwhile: `Some(true)` if it did.
     fn start(&mut self, chunk: Chunk) -> Option<bool> {
-        let store = self.store;
+        let prefetcher = self.prefetcher;
+        let fetcher = &prefetcher.fetcher;
         let permit = self.permit_when_idle()?;
         // The guest may have asked for it meanwhile.
-        if !store.worth_prefetching(&chunk) {
+        if !fetcher.worth_fetching_ahead(&chunk) {
             return Some(false);
         }
         self.files += 1;
         self.bytes += chunk.size;
-        store.stats.prefetched_files.fetch_add(1, Ordering::Relaxed);
-        store.prefetcher.fetching.lock().insert(chunk.digest);
-        let fetch = store.fetcher.chunk_fetch(&chunk, Lane::Prefetch);
-        let done = store.clone();
-        store.remote.runtime().spawn(async move {
+        prefetcher
+            .stats
+            .prefetched_files
+            .fetch_add(1, Ordering::Relaxed);
+        fetcher.mark_prefetching([chunk.digest]);
+        let fetch = fetcher.chunk_fetch(&chunk, Lane::Prefetch);
+        let done = fetcher.clone();
+        prefetcher.runtime.spawn(async move {
             let _ = fetch.await;
-            done.prefetcher.fetching.lock().remove(&chunk.digest);
+            done.unmark_prefetching([&chunk.digest]);
             drop(permit);
         });
         Some(true)
