@@ -5,11 +5,9 @@
 //! /proc), and keeps serving.
 
 mod common;
-#[path = "common/fuse_guest.rs"]
-mod fuse_guest;
 // Each test uses the part of the test VMM that it needs.
 #[allow(dead_code)]
-use test_support::vhost_frontend;
+use test_support::{fuse_guest, vhost_frontend};
 
 use fuse_backend_rs::abi::fuse_abi::{
     ForgetIn, FsOptions, InitOut, Opcode, OpenIn, OpenOut, ReadIn, ROOT_ID,

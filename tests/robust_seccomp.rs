@@ -8,10 +8,8 @@
 //! /proc: one filter more than the main thread).
 
 mod common;
-#[path = "common/fuse_guest.rs"]
-mod fuse_guest;
 #[allow(dead_code)]
-use test_support::vhost_frontend;
+use test_support::{fuse_guest, vhost_frontend};
 
 use std::path::PathBuf;
 use std::time::Duration;

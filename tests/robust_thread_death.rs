@@ -13,10 +13,8 @@
 //! thread's `serve_or_exit` must turn into an exit.
 
 mod common;
-#[path = "common/fuse_guest.rs"]
-mod fuse_guest;
 #[allow(dead_code)]
-use test_support::vhost_frontend;
+use test_support::{fuse_guest, vhost_frontend};
 
 use std::ffi::CStr;
 use std::io;

@@ -5,11 +5,9 @@
 //! daemon no CPU, whatever the guest did before.
 
 mod common;
-#[path = "common/fuse_guest.rs"]
-mod fuse_guest;
 // Each test uses the part of the test VMM that it needs.
 #[allow(dead_code)]
-use test_support::vhost_frontend;
+use test_support::{fuse_guest, vhost_frontend};
 
 use std::time::Duration;
 

@@ -12,6 +12,7 @@ use fuse_backend_rs::abi::fuse_abi::{
     Attr, AttrOut, BatchForgetIn, Direntplus, EntryOut, ForgetOne, FsOptions, GetattrIn, InHeader,
     InitIn, InitOut, Opcode, OpenIn, OpenOut, OutHeader, ReadIn, ReleaseIn,
 };
+use test_support::fuse_guest::try_decode;
 use test_support::vhost_frontend::{Buf, Queue};
 use vm_memory::ByteValued;
 
@@ -21,12 +22,7 @@ const FORGET_BATCH: usize = 256;
 
 /// Reads a FUSE struct from the front of `bytes` (no alignment needed).
 pub fn decode<T: ByteValued + Default>(bytes: &[u8]) -> Result<T> {
-    ensure!(bytes.len() >= size_of::<T>(), "reply too short");
-    let mut value = T::default();
-    value
-        .as_mut_slice()
-        .copy_from_slice(&bytes[..size_of::<T>()]);
-    Ok(value)
+    try_decode(bytes).context("reply too short")
 }
 
 /// One directory entry of a READDIRPLUS reply.

@@ -1,7 +1,6 @@
-//! The guest's side of FUSE over the test VMM: requests as a guest kernel
-//! writes them, and replies checked against what the device wrote.
-
-#![allow(dead_code)]
+//! The guest's side of FUSE over the test VMM, for the integration tests:
+//! requests as a guest kernel writes them, and replies checked against what
+//! the device wrote (a reply that breaks the protocol fails the test).
 
 use std::mem::size_of;
 use std::time::Duration;
@@ -17,13 +16,25 @@ pub const REQUESTS: usize = 1;
 /// Generous: every request is answered from the local fixture store.
 pub const TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Reads a FUSE struct from the front of `bytes` (no alignment needed).
-pub fn decode<T: ByteValued + Default>(bytes: &[u8]) -> T {
+/// Reads a FUSE struct from the front of `bytes` (no alignment needed);
+/// `None` if `bytes` is too short.
+pub fn try_decode<T: ByteValued + Default>(bytes: &[u8]) -> Option<T> {
     let mut value = T::default();
     value
         .as_mut_slice()
-        .copy_from_slice(&bytes[..size_of::<T>()]);
-    value
+        .copy_from_slice(bytes.get(..size_of::<T>())?);
+    Some(value)
+}
+
+/// As [`try_decode`], for replies the test has checked the length of.
+pub fn decode<T: ByteValued + Default>(bytes: &[u8]) -> T {
+    try_decode(bytes).unwrap_or_else(|| {
+        panic!(
+            "{} bytes, too short for a {}",
+            bytes.len(),
+            std::any::type_name::<T>()
+        )
+    })
 }
 
 /// A FUSE request as a guest kernel writes it: header, then `body`.
