@@ -20,7 +20,7 @@ set -euo pipefail
 # flake.nix with the nixpkgs library (scripts/check-nix.sh).
 nix_packages=(nix-bin)
 
-packages=(qemu-system-x86 busybox-static cpio linux-image-cloud-amd64 fuse3 gcc g++ pkg-config shellcheck
+packages=(qemu-system-x86 attr busybox-static cpio linux-image-cloud-amd64 fuse3 gcc g++ pkg-config shellcheck
   debootstrap e2fsprogs initramfs-tools)
 missing=()
 for p in "${packages[@]}" "${nix_packages[@]}"; do

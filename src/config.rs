@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{ArgGroup, Parser};
 
 use crate::cache::{CacheConfig, CacheLayout, InstanceName, PrefetchGuess};
-use crate::fs::{CachePolicy, FsConfig, GuestLimits};
+use crate::fs::{CachePolicy, DigestXattrs, FsConfig, GuestLimits};
 use crate::sandbox::landlock::Access;
 use crate::sandbox::{LandlockMode, LandlockPolicy, SandboxConfig, SeccompMode};
 use crate::store::{StoreAddress, StoreConfig, StoreProtocol, TlsSettings};
@@ -86,6 +86,13 @@ pub struct Cli {
     /// root lists as empty, but every store path can still be opened by name.
     #[arg(long)]
     pub list_root: bool,
+
+    /// Answer no extended attributes. By default every file and directory
+    /// has its castore digest (and a file its size, a store path's root its
+    /// NAR size and hash) under `user.tvix.castore.*` or
+    /// `user.snix.castore.*`, as the store's own virtiofs names them.
+    #[arg(long)]
+    pub no_xattrs: bool,
 
     /// Open file and directory handles the guest may hold at once; more
     /// opens get ENFILE.
@@ -291,6 +298,7 @@ impl Cli {
                 max_inodes: self.max_inodes,
                 root_listing_ttl: seconds(self.root_listing_ttl, "root-listing-ttl")?,
             },
+            digest_xattrs: (!self.no_xattrs).then(|| DigestXattrs::of(self.store_protocol)),
         })
     }
 

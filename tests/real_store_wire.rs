@@ -14,6 +14,7 @@ use bytes::Bytes;
 use tonic::transport::Channel;
 use tonic::Code;
 
+use common::nar::{nar, sha256};
 use common::real_store::{RealStore, StoreKind};
 use common::scratch;
 use tvix_virtiofsd::proto::castore::blob_service_client::BlobServiceClient;
@@ -152,11 +153,6 @@ fn runtime() -> tokio::runtime::Runtime {
 
 // ---------------------------------------------------------------- hashing
 
-fn sha256(data: &[u8]) -> [u8; 32] {
-    use sha2::Digest as _;
-    sha2::Sha256::digest(data).into()
-}
-
 fn hex(b: &[u8]) -> String {
     data_encoding::HEXLOWER.encode(b)
 }
@@ -171,59 +167,6 @@ fn source_path_hash(nar_sha256: &[u8], name: &str) -> [u8; 20] {
     for (i, b) in full.iter().enumerate() {
         out[i % 20] ^= b;
     }
-    out
-}
-
-// ---------------------------------------------------------------- NAR
-
-fn nar_str(out: &mut Vec<u8>, s: &[u8]) {
-    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
-    out.extend_from_slice(s);
-    out.resize(out.len().div_ceil(8) * 8, 0);
-}
-
-fn nar_node(out: &mut Vec<u8>, path: &Path) {
-    let meta = std::fs::symlink_metadata(path).unwrap();
-    nar_str(out, b"(");
-    nar_str(out, b"type");
-    if meta.file_type().is_symlink() {
-        nar_str(out, b"symlink");
-        nar_str(out, b"target");
-        let target = std::fs::read_link(path).unwrap();
-        nar_str(out, target.as_os_str().as_encoded_bytes());
-    } else if meta.is_dir() {
-        nar_str(out, b"directory");
-        let mut names: Vec<_> = std::fs::read_dir(path)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        names.sort_by(|a, b| a.as_encoded_bytes().cmp(b.as_encoded_bytes()));
-        for name in names {
-            nar_str(out, b"entry");
-            nar_str(out, b"(");
-            nar_str(out, b"name");
-            nar_str(out, name.as_encoded_bytes());
-            nar_str(out, b"node");
-            nar_node(out, &path.join(&name));
-            nar_str(out, b")");
-        }
-    } else {
-        nar_str(out, b"regular");
-        if meta.permissions().mode() & 0o100 != 0 {
-            nar_str(out, b"executable");
-            nar_str(out, b"");
-        }
-        nar_str(out, b"contents");
-        nar_str(out, &std::fs::read(path).unwrap());
-    }
-    nar_str(out, b")");
-}
-
-/// The NAR serialisation of `path`, as Nix writes it.
-fn nar(path: &Path) -> Vec<u8> {
-    let mut out = Vec::new();
-    nar_str(&mut out, b"nix-archive-1");
-    nar_node(&mut out, path);
     out
 }
 
@@ -390,12 +333,15 @@ fn path_info_of_an_import(kind: StoreKind, test: &str) {
 
         // The library client agrees.
         let client = store_client(&store.socket, kind);
-        let entry = client
+        let found = client
             .path_info(path_hash(&hello), hello.as_bytes())
             .await
             .unwrap()
             .expect("the library finds the imported path");
-        assert_eq!(entry.name, hello.as_bytes());
+        assert_eq!(found.entry.name, hello.as_bytes());
+        let facts = found.nar.expect("the library keeps the NAR facts");
+        assert_eq!(facts.size, 120);
+        assert_eq!(facts.sha256, sha256(&nar(&root.join("hello"))));
     });
 }
 

@@ -174,7 +174,7 @@ fn planted_path_infos_and_chunk_lists_are_never_served() {
         }
         // Its own mappings it may write; nobody else reads them.
         let mine = own.instance.clone().unwrap();
-        write_new(&hex_path(&mine.join("pathinfos"), &hash), &path_info2).unwrap();
+        write_new(&hex_path(&mine.join("path_infos"), &hash), &path_info2).unwrap();
         write_new(
             &hex_path(&mine.join("chunklists"), big_digest.as_bytes()),
             &chunk_list2,
@@ -183,12 +183,12 @@ fn planted_path_infos_and_chunk_lists_are_never_served() {
         // vm1's mappings, and the old shared layout: out of reach.
         let root = objects.parent().unwrap().to_path_buf();
         let targets = [
-            hex_path(&root.join("instances/vm1/pathinfos"), &hash),
+            hex_path(&root.join("instances/vm1/path_infos"), &hash),
             hex_path(
                 &root.join("instances/vm1/chunklists"),
                 big_digest.as_bytes(),
             ),
-            hex_path(&root.join("instances/vm3/pathinfos"), &hash),
+            hex_path(&root.join("instances/vm3/path_infos"), &hash),
             hex_path(&root.parent().unwrap().join("v1/pathinfos"), &hash),
         ];
         targets

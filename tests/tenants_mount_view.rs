@@ -78,8 +78,8 @@ fn a_second_instance_sees_neither_the_first_ones_socket_nor_its_mappings() {
     let cache = "/var/cache/tvix-virtiofsd/v2";
     for dir in [
         "objects/chunks",
-        "instances/vm1/pathinfos",
-        "instances/vm2/pathinfos",
+        "instances/vm1/path_infos",
+        "instances/vm2/path_infos",
     ] {
         std::fs::create_dir_all(root.join(format!(".{cache}/{dir}"))).unwrap();
     }
@@ -93,7 +93,7 @@ fn a_second_instance_sees_neither_the_first_ones_socket_nor_its_mappings() {
         "/var/cache/tvix-virtiofsd/v2/instances/vm1",
         "/var/cache/tvix-virtiofsd/v1",
         "/var/cache/tvix-virtiofsd/v2/objects/chunks",
-        "/var/cache/tvix-virtiofsd/v2/instances/vm2/pathinfos",
+        "/var/cache/tvix-virtiofsd/v2/instances/vm2/path_infos",
         "/run/tvix-virtiofsd/vm2",
     ];
     let seen = probe("tvix-virtiofsd@.service", &root, "vm2", &probes);

@@ -1,6 +1,6 @@
-//! A store path's root node: in a PathInfo from the store
-//! (PathInfoService.Get and List) and as the disk cache keeps it (a castore
-//! Node).
+//! A store path's root node and NAR facts: in a PathInfo from the store
+//! (PathInfoService.Get and List), and as the disk cache keeps it (the
+//! PathInfo re-encoded from what passed validation).
 
 // libFuzzer's main, except in a test build (fuzz/Cargo.toml).
 #![cfg_attr(not(test), no_main)]
@@ -8,7 +8,7 @@
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use tvix_virtiofsd::proto::{castore, store};
-use tvix_virtiofsd::store::answers::path_info_entry;
+use tvix_virtiofsd::store::answers::validate_path_info;
 use tvix_virtiofsd::store::directory::{
     is_valid_name, validate_node, DirEntry, Node, MAX_SYMLINK_TARGET,
 };
@@ -32,20 +32,24 @@ fuzz_target!(|data: &[u8]| {
             None => None,
         });
         let asked = name.unwrap_or_default();
-        if let Ok(found) = path_info_entry(&info, &asked) {
-            let entry = found.expect("the name asked for is the node's");
-            assert_eq!(entry.name, asked);
-            check(&entry);
+        if let Ok(found) = validate_path_info(&info, &asked) {
+            let found = found.expect("the name asked for is the node's");
+            assert_eq!(found.entry.name, asked);
+            check(&found.entry);
+            // What the disk cache writes reads back as the same answer.
+            let kept = validate_path_info(&found.encoding(), &asked).expect("re-encoded");
+            assert_eq!(kept.as_ref(), Some(&found));
+            let entry = found.entry;
             // The listing keeps only store path names; parsing must agree.
             let _ = store_path::parse(&entry.name);
         }
         let mut other = asked.to_vec();
         other.push(b'x');
-        if let Ok(found) = path_info_entry(&info, &other) {
+        if let Ok(found) = validate_path_info(&info, &other) {
             assert!(found.is_none(), "a node of another name was taken");
         }
     }
-    // From the disk cache, where the node is stored on its own.
+    // A bare node, as List entries and Directories carry them.
     if let Ok(node) = castore::Node::decode(data) {
         if let Ok(entry) = validate_node(&node) {
             check(&entry);

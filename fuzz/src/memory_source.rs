@@ -12,9 +12,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use tvix_virtiofsd::cache::{ContentSource, FileOrigin, OpenBlob, ReadError};
 use tvix_virtiofsd::proto::{castore, store};
-use tvix_virtiofsd::store::answers::path_info_entry;
+use tvix_virtiofsd::store::answers::validate_path_info;
 use tvix_virtiofsd::store::directory::{directory_digest, validate_directory, validate_node};
-use tvix_virtiofsd::store::{B3Digest, DirEntry, Directory, StoreError};
+use tvix_virtiofsd::store::{B3Digest, DirEntry, Directory, StoreError, StorePathInfo};
 
 /// Store paths, Directories and blobs, in memory.
 #[derive(Default)]
@@ -74,7 +74,7 @@ impl MemorySource {
 }
 
 impl ContentSource for MemorySource {
-    fn path_info(&self, hash: [u8; 20], name: &[u8]) -> Result<Option<DirEntry>, StoreError> {
+    fn path_info(&self, hash: [u8; 20], name: &[u8]) -> Result<Option<StorePathInfo>, StoreError> {
         if self.unreachable.contains(&hash) {
             return Err(StoreError::Timeout {
                 call: "PathInfoService.Get",
@@ -85,11 +85,17 @@ impl ContentSource for MemorySource {
         let Some(node) = self.path_infos.get(&hash) else {
             return Ok(None);
         };
+        // NAR facts as a real store sends them (made up, never checked).
         let info = store::PathInfo {
             node: Some(node.clone()),
+            narinfo: Some(store::NarInfo {
+                nar_size: 4096,
+                nar_sha256: Bytes::copy_from_slice(&[hash[0]; 32]),
+                ..Default::default()
+            }),
             ..Default::default()
         };
-        path_info_entry(&info, name)
+        validate_path_info(&info, name)
     }
 
     fn list_path_infos(&self, limit: usize) -> Result<Vec<DirEntry>, StoreError> {

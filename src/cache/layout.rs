@@ -9,7 +9,7 @@
 //!     tmp/                   files being written (then renamed into place)
 //!     lock                   taken (with a bounded wait) to evict
 //! DIR/v2/instances/<NAME>/   private to the daemon run with --instance NAME
-//!     pathinfos/ab/<hash>    store path -> root node
+//!     path_infos/ab/<hash>   store path -> root node and NAR facts
 //!     chunklists/ab/<digest> blob -> chunks
 //!     traces/ab/<hash>       store path -> the files its guest opened
 //! ```
@@ -122,6 +122,9 @@ pub enum MappingKind {
 }
 
 impl MappingKind {
+    /// Where daemons before NAR facts kept bare root nodes.
+    pub const RETIRED_PATH_INFO_DIR: &'static str = "pathinfos";
+
     pub const ALL: [MappingKind; 3] = [
         MappingKind::PathInfo,
         MappingKind::ChunkList,
@@ -139,7 +142,7 @@ impl MappingKind {
 
     pub fn dir(self) -> &'static str {
         match self {
-            MappingKind::PathInfo => "pathinfos",
+            MappingKind::PathInfo => "path_infos",
             MappingKind::ChunkList => "chunklists",
             MappingKind::Trace => "traces",
         }
@@ -156,7 +159,8 @@ impl MappingKind {
     /// The longest file of this kind (checksum included).
     pub fn max_bytes(self) -> u64 {
         match self {
-            // A node: name, digest, size, or a symlink target < 4 KiB.
+            // A node (name, digest, size, or a symlink target < 4 KiB) and
+            // the NAR size and hash.
             MappingKind::PathInfo => 16 << 10,
             // 40 bytes per chunk.
             MappingKind::ChunkList => 16 << 20,

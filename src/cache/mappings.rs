@@ -1,4 +1,5 @@
-//! Private mappings: store path -> root node, blob -> chunk list. Nothing
+//! Private mappings: store path -> root node and NAR facts, blob -> chunk
+//! list. Nothing
 //! in them can be checked against their name, so they are never shared:
 //! each instance keeps its own in `instances/<NAME>/`, which the sandbox
 //! and the service's mount view keep every other daemon out of. A BLAKE3
@@ -20,9 +21,10 @@ use super::files::{locked_temp_file, open_regular};
 use super::layout::{create_dirs, fan_out, DiskCacheError, MappingKind};
 use super::stats::Stats;
 use super::trace::{self, TracedFile};
-use crate::proto::castore;
+use crate::proto::store::PathInfo;
+use crate::store::answers::validate_path_info;
 use crate::store::directory::validate_node;
-use crate::store::{B3Digest, Chunk, DirEntry};
+use crate::store::{B3Digest, Chunk, StorePathInfo};
 
 /// One instance's mappings on disk.
 pub struct PrivateMappings {
@@ -41,6 +43,9 @@ impl PrivateMappings {
             root,
             MappingKind::ALL.iter().map(|k| k.dir()).chain(["tmp"]),
         )?;
+        // Root nodes without NAR facts, as older daemons kept them: never
+        // read, so not left to take room.
+        let _ = fs::remove_dir_all(root.join(MappingKind::RETIRED_PATH_INFO_DIR));
         Ok(Self {
             root: root.to_path_buf(),
             eviction,
@@ -114,15 +119,17 @@ impl PrivateMappings {
         }
     }
 
-    /// The root node of the store path whose hash is `hash`, if kept and
-    /// named `name`.
-    pub fn path_info(&self, hash: &[u8; 20], name: &[u8]) -> Option<DirEntry> {
+    /// The root node and NAR facts of the store path whose hash is
+    /// `hash`, if kept and named `name`.
+    pub fn path_info(&self, hash: &[u8; 20], name: &[u8]) -> Option<StorePathInfo> {
         let payload = self.get(MappingKind::PathInfo, hash)?;
-        let entry = castore::Node::decode(payload)
-            .ok()
-            .and_then(|n| validate_node(&n).ok());
-        match entry {
-            Some(e) if e.name == name => Some(e),
+        let kept = PathInfo::decode(payload).ok().and_then(|info| {
+            // Checked as the store's answer is, under the name it holds.
+            let kept_name = validate_node(info.node.as_ref()?).ok()?.name;
+            validate_path_info(&info, &kept_name).ok().flatten()
+        });
+        match kept {
+            Some(info) if info.entry.name == name => Some(info),
             Some(_) => None,
             None => {
                 self.reject(MappingKind::PathInfo, hash);
@@ -131,11 +138,11 @@ impl PrivateMappings {
         }
     }
 
-    pub fn put_path_info(&self, hash: &[u8; 20], entry: &DirEntry) {
+    pub fn put_path_info(&self, hash: &[u8; 20], info: &StorePathInfo) {
         self.put(
             MappingKind::PathInfo,
             hash,
-            &node_encoding(entry).encode_to_vec(),
+            &info.encoding().encode_to_vec(),
         );
     }
 
@@ -206,35 +213,6 @@ pub fn decode_chunk_list(data: &[u8], size: u64) -> Option<Vec<Chunk>> {
     (chunks.is_empty() || offset == size).then_some(chunks)
 }
 
-/// The castore Node a store path's root is kept as on disk.
-fn node_encoding(entry: &DirEntry) -> castore::Node {
-    use crate::store::Node;
-    use castore::node::Node as N;
-    let name = entry.name.clone();
-    let node = match &entry.node {
-        Node::Directory { digest, size } => N::Directory(castore::DirectoryNode {
-            name,
-            digest: Bytes::copy_from_slice(digest.as_bytes()),
-            size: *size,
-        }),
-        Node::File {
-            digest,
-            size,
-            executable,
-        } => N::File(castore::FileNode {
-            name,
-            digest: Bytes::copy_from_slice(digest.as_bytes()),
-            size: *size,
-            executable: *executable,
-        }),
-        Node::Symlink { target } => N::Symlink(castore::SymlinkNode {
-            name,
-            target: target.clone(),
-        }),
-    };
-    castore::Node { node: Some(node) }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,15 +239,34 @@ mod tests {
     }
 
     #[test]
-    fn path_info_nodes_round_trip() {
-        let entry = DirEntry {
-            name: Bytes::from_static(b"00bgd045z0d4icpbc2yyz4gx48ak44la-x"),
-            node: crate::store::Node::File {
-                digest: B3Digest::of(b"x"),
-                size: 1,
-                executable: true,
+    fn path_infos_round_trip_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let stats = Arc::new(Stats::default());
+        let objects = dir.path().join("objects");
+        let root = dir.path().join("instance");
+        let eviction = Arc::new(Eviction::new(&objects, Some(&root), 1 << 30, stats.clone()));
+        let mappings = PrivateMappings::open(&root, eviction, stats).unwrap();
+        let name = b"00bgd045z0d4icpbc2yyz4gx48ak44la-x";
+        let info = StorePathInfo {
+            entry: crate::store::DirEntry {
+                name: Bytes::from_static(name),
+                node: crate::store::Node::File {
+                    digest: B3Digest::of(b"x"),
+                    size: 1,
+                    executable: true,
+                },
             },
+            nar: Some(crate::store::NarInfo {
+                size: 120,
+                sha256: [3; 32],
+            }),
         };
-        assert_eq!(validate_node(&node_encoding(&entry)).unwrap(), entry);
+        mappings.put_path_info(&[5; 20], &info);
+        assert_eq!(mappings.path_info(&[5; 20], name), Some(info));
+        assert_eq!(
+            mappings.path_info(&[5; 20], b"00bgd045z0d4icpbc2yyz4gx48ak44la-y"),
+            None
+        );
+        assert_eq!(mappings.path_info(&[6; 20], name), None);
     }
 }

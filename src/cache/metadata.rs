@@ -18,7 +18,7 @@ use super::remote::Remote;
 use super::stats::Stats;
 use crate::proto::castore;
 use crate::store::directory::{check_announced_size, validate_directory};
-use crate::store::{B3Digest, Chunk, DirEntry, Directory, Node, StoreError};
+use crate::store::{B3Digest, Chunk, DirEntry, Directory, Node, StoreError, StorePathInfo};
 
 /// Directories taken from one recursive Get: a store path's tree usually
 /// arrives in one round trip instead of one per directory.
@@ -29,7 +29,8 @@ impl quick_cache::Weighter<[u8; 20], PathInfoEntry> for Weight {
         ENTRY_OVERHEAD
             + std::mem::size_of::<PathInfoEntry>() as u64
             + match v {
-                PathInfoEntry::Found(e) => {
+                PathInfoEntry::Found(info) => {
+                    let e = &info.entry;
                     let target = match &e.node {
                         Node::Symlink { target } => target.len(),
                         _ => 0,
@@ -44,7 +45,7 @@ impl quick_cache::Weighter<[u8; 20], PathInfoEntry> for Weight {
 /// A remembered PathInfo answer.
 #[derive(Clone)]
 pub(super) enum PathInfoEntry {
-    Found(DirEntry),
+    Found(StorePathInfo),
     /// Not in the store as of `at`; only trusted for the negative TTL.
     Missing {
         name: Bytes,
@@ -102,19 +103,19 @@ impl MetadataCache {
         self.directories.weight() + self.chunk_lists.weight() + self.path_infos.weight()
     }
 
-    /// The root node of the store path `name` (whose hash decodes to
-    /// `hash`) and where the answer came from, or `None` if the store does
+    /// The root node and NAR facts of the store path `name` (whose hash
+    /// decodes to `hash`) and where the answer came from, or `None` if the store does
     /// not have it.
     pub(super) fn path_info(
         &self,
         hash: [u8; 20],
         name: &[u8],
-    ) -> Result<Option<(DirEntry, Answered)>, StoreError> {
+    ) -> Result<Option<(StorePathInfo, Answered)>, StoreError> {
         if let Some(entry) = self.path_infos.get(&hash) {
             match entry {
-                PathInfoEntry::Found(e) if e.name == name => {
+                PathInfoEntry::Found(info) if info.entry.name == name => {
                     self.stats.memory_hit(true);
-                    return Ok(Some((e, Answered::FromCache)));
+                    return Ok(Some((info, Answered::FromCache)));
                 }
                 PathInfoEntry::Found(_) => {
                     self.stats.memory_hit(true);
@@ -386,7 +387,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(answered, Answered::FromCache, "from the mappings");
-        assert_eq!(found.name.as_ref(), TREE_NAME);
+        assert_eq!(found.entry.name.as_ref(), TREE_NAME);
         second
             .cache
             .directory(&second.root.0, second.root.1)

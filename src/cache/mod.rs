@@ -59,7 +59,7 @@ use std::sync::Arc;
 
 use tokio::runtime::Handle;
 
-use crate::store::{B3Digest, Chunk, DirEntry, Directory, Store, StoreError};
+use crate::store::{B3Digest, Chunk, DirEntry, Directory, Store, StoreError, StorePathInfo};
 pub use config::{CacheConfig, PrefetchGuess};
 use disk::Disk;
 pub use eviction::{Outcome as EvictionOutcome, LOCK_WAIT as EVICTION_LOCK_WAIT};
@@ -181,13 +181,13 @@ impl CachedStore {
 
 impl ContentSource for CachedStore {
     /// A store path the store just told us of is where the prefetch starts.
-    fn path_info(&self, hash: [u8; 20], name: &[u8]) -> Result<Option<DirEntry>, StoreError> {
+    fn path_info(&self, hash: [u8; 20], name: &[u8]) -> Result<Option<StorePathInfo>, StoreError> {
         Ok(self
             .metadata
             .path_info(hash, name)?
             .map(|(found, answered)| {
                 if answered == Answered::FromStore {
-                    self.prefetcher.store_path_found(hash, &found.node);
+                    self.prefetcher.store_path_found(hash, &found.entry.node);
                 }
                 found
             }))

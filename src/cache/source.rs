@@ -9,14 +9,14 @@ use std::any::Any;
 use std::io;
 use std::sync::Arc;
 
-use crate::store::{B3Digest, DirEntry, Directory, StoreError};
+use crate::store::{B3Digest, DirEntry, Directory, StoreError, StorePathInfo};
 
 /// What the filesystem asks for. Every answer is verified against the
 /// digests of the metadata that led to it.
 pub trait ContentSource: Send + Sync {
-    /// The root node of the store path `name` (whose hash decodes to
-    /// `hash`), or `None` if there is no such path.
-    fn path_info(&self, hash: [u8; 20], name: &[u8]) -> Result<Option<DirEntry>, StoreError>;
+    /// The root node and NAR facts of the store path `name` (whose hash
+    /// decodes to `hash`), or `None` if there is no such path.
+    fn path_info(&self, hash: [u8; 20], name: &[u8]) -> Result<Option<StorePathInfo>, StoreError>;
 
     /// Up to `limit` store paths (`--list-root`).
     fn list_path_infos(&self, limit: usize) -> Result<Vec<DirEntry>, StoreError>;

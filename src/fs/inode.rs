@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use crate::store::Node;
+use crate::store::{NarInfo, Node, StorePathInfo};
 
 /// Inode number of the mount root (FUSE's ROOT_ID).
 pub const ROOT_INODE: u64 = 1;
@@ -29,6 +29,9 @@ struct InodeEntry {
     lookups: u64,
     /// (parent inode, name) under which it was found; removed with it.
     key: (u64, Bytes),
+    /// What the store said of the NAR, for a store path's root (boxed:
+    /// most inodes are not one).
+    nar: Option<Box<NarInfo>>,
 }
 
 #[derive(Default)]
@@ -132,6 +135,22 @@ impl InodeTable {
     /// that was replaced) gets the new node. A new inode when the table is
     /// full is refused.
     pub fn lookup(&self, parent: u64, name: &Bytes, node: &Node) -> Result<u64, Refused> {
+        self.lookup_with_nar(parent, name, node, None)
+    }
+
+    /// [`Self::lookup`] of a store path in the root, which keeps its NAR
+    /// facts with it.
+    pub fn lookup_store_path(&self, info: &StorePathInfo) -> Result<u64, Refused> {
+        self.lookup_with_nar(ROOT_INODE, &info.entry.name, &info.entry.node, info.nar)
+    }
+
+    fn lookup_with_nar(
+        &self,
+        parent: u64,
+        name: &Bytes,
+        node: &Node,
+        nar: Option<NarInfo>,
+    ) -> Result<u64, Refused> {
         let mut t = self.tables.lock();
         let key = (parent, name.clone());
         if let Some(&ino) = t.by_name.get(&key) {
@@ -140,6 +159,7 @@ impl InodeTable {
                 if !matches!(&e.kind, InodeKind::Node(n) if n == node) {
                     e.kind = InodeKind::Node(node.clone());
                 }
+                e.nar = nar.map(Box::new);
                 return Ok(ino);
             }
         }
@@ -158,6 +178,7 @@ impl InodeTable {
                 kind: InodeKind::Node(node.clone()),
                 lookups: 1,
                 key,
+                nar: nar.map(Box::new),
             },
         );
         t.children.entry(parent).or_default().insert(ino);
@@ -187,6 +208,18 @@ impl InodeTable {
             at = t.inodes.get(&at.key.0)?;
         }
         None
+    }
+
+    /// The NAR facts of `inode` if it is a store path's root and the
+    /// store sent them.
+    pub fn nar(&self, inode: u64) -> Option<NarInfo> {
+        self.tables
+            .lock()
+            .inodes
+            .get(&inode)?
+            .nar
+            .as_deref()
+            .copied()
     }
 
     /// Drops `count` lookups of `inode`; frees it when none are left.
@@ -330,5 +363,33 @@ mod tests {
         );
         assert_eq!(t.origin(root), Some((Bytes::from_static(b"sp"), None)));
         assert_eq!(t.origin(12345), None);
+    }
+
+    #[test]
+    fn a_store_path_keeps_its_nar_facts_while_it_lives() {
+        let t = InodeTable::default();
+        let nar = NarInfo {
+            size: 512,
+            sha256: [9; 32],
+        };
+        let info = StorePathInfo {
+            entry: crate::store::DirEntry {
+                name: Bytes::from_static(b"sp"),
+                node: file(1),
+            },
+            nar: Some(nar),
+        };
+        let root = t.lookup_store_path(&info).unwrap();
+        assert_eq!(t.nar(root), Some(nar));
+        // A later answer without them replaces them, as the node is.
+        let again = t
+            .lookup_store_path(&StorePathInfo { nar: None, ..info })
+            .unwrap();
+        assert_eq!(again, root);
+        assert_eq!(t.nar(root), None);
+        t.forget(root, 2);
+        assert_eq!(t.nar(root), None);
+        let sub = t.lookup(ROOT_INODE, &Bytes::from_static(b"other"), &file(2));
+        assert_eq!(t.nar(sub.unwrap()), None);
     }
 }

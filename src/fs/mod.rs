@@ -6,6 +6,7 @@
 mod inode;
 mod limits;
 mod root_listing;
+mod xattr;
 
 use std::collections::HashMap;
 use std::ffi::CStr;
@@ -22,11 +23,14 @@ use fuse_backend_rs::api::filesystem::{
 use parking_lot::Mutex;
 
 use crate::cache::{ContentSource, FileOrigin, OpenBlob, ReadError};
-use crate::store::{store_path, B3Digest, DirEntry, Directory, Node, StoreError};
+use crate::store::{
+    store_path, B3Digest, DirEntry, Directory, Node, StoreError, StorePathInfo, StoreProtocol,
+};
 pub use inode::{InodeKind, ROOT_INODE};
 use inode::{InodeTable, Refused};
 pub use limits::{GuestLimits, LimitCounters, MAX_READ_SIZE};
 use root_listing::RootListing;
+pub use xattr::DigestXattrs;
 
 /// Directory entry inode number for entries not (yet) looked up, as libfuse
 /// reports it.
@@ -78,6 +82,9 @@ pub struct FsConfig {
     pub readahead_chunks: usize,
     /// What the guest may make the daemon hold.
     pub limits: GuestLimits,
+    /// The castore digests as extended attributes, under these names
+    /// (`None`: no attributes, as with `--no-xattrs`).
+    pub digest_xattrs: Option<DigestXattrs>,
 }
 
 impl Default for FsConfig {
@@ -89,6 +96,7 @@ impl Default for FsConfig {
             negative_root_timeout: Duration::from_secs(1),
             readahead_chunks: 32,
             limits: GuestLimits::default(),
+            digest_xattrs: Some(DigestXattrs::of(StoreProtocol::default())),
         }
     }
 }
@@ -164,19 +172,26 @@ impl StoreFs {
 
     /// Registers a lookup of `name` in `parent`, within the inode bound.
     fn remember(&self, parent: u64, name: &bytes::Bytes, node: &Node) -> io::Result<u64> {
-        self.inodes
-            .lookup(parent, name, node)
-            .map_err(|refused| match refused {
-                Refused::Full => {
-                    LimitCounters::hit(
-                        &self.limit_counters.inodes_refused,
-                        "inodes",
-                        self.config.limits.max_inodes,
-                    );
-                    errno(libc::ENOMEM)
-                }
-                Refused::StaleParent => errno(libc::ESTALE),
-            })
+        self.refused_as_errno(self.inodes.lookup(parent, name, node))
+    }
+
+    /// Registers a lookup of a store path in the root, with its NAR facts.
+    fn remember_store_path(&self, found: &StorePathInfo) -> io::Result<u64> {
+        self.refused_as_errno(self.inodes.lookup_store_path(found))
+    }
+
+    fn refused_as_errno(&self, lookup: Result<u64, Refused>) -> io::Result<u64> {
+        lookup.map_err(|refused| match refused {
+            Refused::Full => {
+                LimitCounters::hit(
+                    &self.limit_counters.inodes_refused,
+                    "inodes",
+                    self.config.limits.max_inodes,
+                );
+                errno(libc::ENOMEM)
+            }
+            Refused::StaleParent => errno(libc::ESTALE),
+        })
     }
 
     /// A new handle number if the guest may hold one more.
@@ -274,8 +289,8 @@ impl StoreFs {
         let shown = String::from_utf8_lossy(name);
         match self.store.path_info(hash, name) {
             Ok(Some(found)) => {
-                let ino = self.remember(ROOT_INODE, &found.name, &found.node)?;
-                Ok(self.entry(ino, &InodeKind::Node(found.node)))
+                let ino = self.remember_store_path(&found)?;
+                Ok(self.entry(ino, &InodeKind::Node(found.entry.node)))
             }
             Ok(None) => Ok(Self::negative(self.config.negative_root_timeout)),
             Err(e) => Err(store_failure(&format!("looking up store path {shown}"), &e)),
@@ -292,6 +307,17 @@ impl StoreFs {
                 Some(Node::Directory { digest, size }) => Some((digest, size)),
                 _ => None,
             },
+        })
+    }
+
+    /// The extended attributes of `inode` (none with `--no-xattrs`).
+    fn xattrs(&self, inode: u64) -> io::Result<Vec<xattr::Attribute>> {
+        let kind = self.kind(inode)?;
+        Ok(match (&self.config.digest_xattrs, &kind) {
+            (Some(naming), InodeKind::Node(node)) => {
+                naming.attributes(node, self.inodes.nar(inode).as_ref())
+            }
+            _ => Vec::new(),
         })
     }
 
@@ -645,20 +671,14 @@ impl FileSystem for StoreFs {
         &self,
         _ctx: &Context,
         inode: u64,
-        _name: &CStr,
-        _size: u32,
+        name: &CStr,
+        size: u32,
     ) -> io::Result<GetxattrReply> {
-        self.kind(inode)?;
-        Err(errno(libc::ENODATA))
+        xattr::get(&self.xattrs(inode)?, name.to_bytes(), size)
     }
 
     fn listxattr(&self, _ctx: &Context, inode: u64, size: u32) -> io::Result<ListxattrReply> {
-        self.kind(inode)?;
-        Ok(if size == 0 {
-            ListxattrReply::Count(0)
-        } else {
-            ListxattrReply::Names(Vec::new())
-        })
+        xattr::list(&self.xattrs(inode)?, size)
     }
 
     // Everything below would modify the store: refused in one place.

@@ -12,6 +12,7 @@ use std::pin::Pin;
 
 use bytes::Bytes;
 
+use super::answers::StorePathInfo;
 use super::chunk_list::Chunk;
 use super::digest::B3Digest;
 use super::directory::{DirEntry, Directory};
@@ -26,11 +27,14 @@ pub type Pieces<'a> = Box<dyn BlobPieces + 'a>;
 
 /// The calls the cache makes.
 pub trait Store: Send + Sync + 'static {
-    /// The root node of the store path whose output hash is `hash`, if its
-    /// name is `name`; `None` when the store does not have it (or has it
-    /// under another name).
-    fn path_info<'a>(&'a self, hash: [u8; 20], name: &'a [u8])
-        -> StoreFuture<'a, Option<DirEntry>>;
+    /// The root node (and NAR facts) of the store path whose output hash
+    /// is `hash`, if its name is `name`; `None` when the store does not
+    /// have it (or has it under another name).
+    fn path_info<'a>(
+        &'a self,
+        hash: [u8; 20],
+        name: &'a [u8],
+    ) -> StoreFuture<'a, Option<StorePathInfo>>;
 
     /// Every store path, up to `limit`, sorted by name.
     fn list_path_infos(&self, limit: usize) -> StoreFuture<'_, Vec<DirEntry>>;
@@ -96,7 +100,7 @@ impl Store for super::StoreClient {
         &'a self,
         hash: [u8; 20],
         name: &'a [u8],
-    ) -> StoreFuture<'a, Option<DirEntry>> {
+    ) -> StoreFuture<'a, Option<StorePathInfo>> {
         Box::pin(super::StoreClient::path_info(self, hash, name))
     }
 

@@ -13,7 +13,7 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 use super::address::{AddressError, StoreAddress, TlsSettings};
-use super::answers::path_info_entry;
+use super::answers::{validate_path_info, StorePathInfo};
 use super::chunk_list::validate_chunk_list;
 pub use super::chunk_list::Chunk;
 use super::deadline::CallDeadline;
@@ -207,7 +207,7 @@ impl StoreClient {
     /// Looks up a store path by its 20-byte output hash. `name` is the full
     /// basename that was asked for; a PathInfo whose node carries another
     /// name counts as not found. `Ok(None)` when the store does not know it.
-    pub async fn path_info(&self, hash: [u8; 20], name: &[u8]) -> Result<Option<DirEntry>> {
+    pub async fn path_info(&self, hash: [u8; 20], name: &[u8]) -> Result<Option<StorePathInfo>> {
         let shown = String::from_utf8_lossy(name);
         let mut client = self.path_infos.clone();
         let request = GetPathInfoRequest {
@@ -223,7 +223,7 @@ impl StoreClient {
             Err(e) if e.is_not_found() => return Ok(None),
             Err(e) => return Err(e),
         };
-        path_info_entry(&info, name)
+        validate_path_info(&info, name)
     }
 
     /// Lists every store path (PathInfoService.List), up to `limit` entries.

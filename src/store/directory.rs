@@ -127,6 +127,34 @@ fn symlink_target(name: &Bytes, target: &Bytes) -> Result<Bytes, ValidationError
     Ok(target.clone())
 }
 
+/// The castore Node of `entry`: what [`validate_node`] turns back into it.
+pub fn node_encoding(entry: &DirEntry) -> castore::Node {
+    use castore::node::Node as N;
+    let name = entry.name.clone();
+    let node = match &entry.node {
+        Node::Directory { digest, size } => N::Directory(castore::DirectoryNode {
+            name,
+            digest: Bytes::copy_from_slice(digest.as_bytes()),
+            size: *size,
+        }),
+        Node::File {
+            digest,
+            size,
+            executable,
+        } => N::File(castore::FileNode {
+            name,
+            digest: Bytes::copy_from_slice(digest.as_bytes()),
+            size: *size,
+            executable: *executable,
+        }),
+        Node::Symlink { target } => N::Symlink(castore::SymlinkNode {
+            name,
+            target: target.clone(),
+        }),
+    };
+    castore::Node { node: Some(node) }
+}
+
 /// Validates a castore `Node` (from a PathInfo) and returns its name and node.
 pub fn validate_node(node: &castore::Node) -> Result<DirEntry, ValidationError> {
     use castore::node::Node as N;

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use prost::Message;
 
-use super::answers::path_info_entry;
+use super::answers::{validate_path_info, StorePathInfo};
 use super::backend::{BlobPieces, Pieces, Store, StoreFuture};
 use super::chunk_list::{validate_chunk_list, Chunk};
 use super::digest::B3Digest;
@@ -57,8 +57,8 @@ struct Contents {
     blobs: HashMap<B3Digest, Bytes>,
     chunks: HashMap<B3Digest, Vec<ChunkMeta>>,
     directories: HashMap<B3Digest, castore::Directory>,
-    /// Store path roots by output hash; the node carries the basename.
-    paths: HashMap<[u8; 20], castore::Node>,
+    /// Store paths by output hash; the root node carries the basename.
+    paths: HashMap<[u8; 20], PathInfo>,
     /// Blobs whose reads come back with one byte flipped.
     corrupt: HashSet<B3Digest>,
 }
@@ -122,9 +122,19 @@ impl MemoryStore {
         (digest, size)
     }
 
-    /// Adds a store path whose root is `node` (named by the basename).
+    /// Adds a store path whose root is `node` (named by the basename),
+    /// without NAR facts.
     pub fn add_path(&self, hash: [u8; 20], node: castore::Node) {
-        self.contents.lock().paths.insert(hash, node);
+        let info = PathInfo {
+            node: Some(node),
+            ..Default::default()
+        };
+        self.add_path_info(hash, info);
+    }
+
+    /// Adds a store path's PathInfo as it is (valid or not).
+    pub fn add_path_info(&self, hash: [u8; 20], info: PathInfo) {
+        self.contents.lock().paths.insert(hash, info);
     }
 
     /// From now on, reads of the blob `digest` send one byte flipped.
@@ -164,18 +174,12 @@ impl MemoryStore {
         Ok(())
     }
 
-    fn path_info_now(&self, hash: [u8; 20], name: &[u8]) -> Result<Option<DirEntry>> {
+    fn path_info_now(&self, hash: [u8; 20], name: &[u8]) -> Result<Option<StorePathInfo>> {
         self.answer(&self.calls.path_info, "PathInfoService.Get")?;
-        let node = self.contents.lock().paths.get(&hash).cloned();
-        match node {
+        let info = self.contents.lock().paths.get(&hash).cloned();
+        match info {
             None => Ok(None),
-            Some(node) => path_info_entry(
-                &PathInfo {
-                    node: Some(node),
-                    ..Default::default()
-                },
-                name,
-            ),
+            Some(info) => validate_path_info(&info, name),
         }
     }
 
@@ -185,7 +189,7 @@ impl MemoryStore {
         let mut entries: Vec<DirEntry> = contents
             .paths
             .values()
-            .filter_map(|node| validate_node(node).ok())
+            .filter_map(|info| validate_node(info.node.as_ref()?).ok())
             .collect();
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         entries.truncate(limit);
@@ -282,7 +286,7 @@ impl Store for MemoryStore {
         &'a self,
         hash: [u8; 20],
         name: &'a [u8],
-    ) -> StoreFuture<'a, Option<DirEntry>> {
+    ) -> StoreFuture<'a, Option<StorePathInfo>> {
         Box::pin(async move {
             self.delay().await;
             self.path_info_now(hash, name)
@@ -431,7 +435,7 @@ mod tests {
 
         let found = block_on(store.path_info(hash, b"x-root")).unwrap().unwrap();
         assert_eq!(
-            found.node,
+            found.entry.node,
             Node::Directory {
                 digest: root.0,
                 size: root.1

@@ -17,6 +17,7 @@ pub mod protocol;
 pub mod store_path;
 
 pub use address::{StoreAddress, TlsSettings};
+pub use answers::{NarInfo, StorePathInfo};
 pub use backend::{BlobPieces, Store, StoreFuture};
 pub use client::{BlobMessages, Chunk, StoreClient, StoreConfig, StoreError};
 pub use digest::B3Digest;

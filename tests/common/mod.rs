@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod manifest;
+pub mod nar;
 pub mod real_store;
 pub mod tree;
 
@@ -95,7 +96,7 @@ pub fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-fn terminate(child: &mut Child) {
+pub fn terminate(child: &mut Child) {
     // SAFETY: plain kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -255,7 +256,7 @@ impl Drop for Fixture {
     }
 }
 
-fn is_mounted(path: &Path) -> bool {
+pub fn is_mounted(path: &Path) -> bool {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let target = path.display().to_string();
     mountinfo

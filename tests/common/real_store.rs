@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{scratch, terminate, Daemon};
+use super::{is_mounted, scratch, terminate, Daemon};
 
 /// Which real store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -290,6 +290,46 @@ impl RealStore {
         Daemon::mount(&self.address(), &args)
     }
 
+    /// The store's own FUSE mount of itself (`mount --list-root
+    /// --show-xattr`), the reference for what a peer shows.
+    pub fn own_mount(&self) -> OwnMount {
+        let mountpoint = scratch("own-mount").join("mnt");
+        std::fs::create_dir(&mountpoint).unwrap();
+        let address = self.address();
+        let log = std::fs::File::create(self.dir.join("own-mount.log")).unwrap();
+        let mut child = Command::new(&self.bin)
+            .arg("--otlp=false")
+            .arg("mount")
+            .arg(&mountpoint)
+            .args(["--blob-service-addr", &address])
+            .args(["--directory-service-addr", &address])
+            .args(["--path-info-service-addr", &address])
+            .args(["--list-root", "--show-xattr"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting the store's own mount");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !is_mounted(&mountpoint) {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "{} mount exited with {status}: {}",
+                    self.kind.binary_name(),
+                    std::fs::read_to_string(self.dir.join("own-mount.log")).unwrap_or_default()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the store's own mount took too long"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        OwnMount {
+            child: Some(child),
+            mountpoint,
+        }
+    }
+
     /// The store path basename the store gave the imported host `path`.
     pub fn store_path_of(&self, path: &Path) -> String {
         self.store_paths
@@ -340,5 +380,23 @@ impl RealStore {
 impl Drop for RealStore {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A real store's own FUSE mount; unmounted when dropped.
+pub struct OwnMount {
+    child: Option<Child>,
+    pub mountpoint: PathBuf,
+}
+
+impl Drop for OwnMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&self.mountpoint)
+            .status();
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child);
+        }
     }
 }
