@@ -1,6 +1,6 @@
 //! Private mappings: store path -> root node and NAR facts, blob -> chunk
-//! list. Nothing
-//! in them can be checked against their name, so they are never shared:
+//! list. Nothing in them can be checked against their name, so they are
+//! never shared:
 //! each instance keeps its own in `instances/<NAME>/`, which the sandbox
 //! and the service's mount view keep every other daemon out of. A BLAKE3
 //! checksum in front of each payload catches torn or decayed files (it
